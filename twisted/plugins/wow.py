@@ -1,0 +1,10 @@
+"""twistd plugins for the WOW daemons (lazy: nothing is imported until used)."""
+
+from twisted.application.service import ServiceMaker
+
+wowNode = ServiceMaker(
+    "WOW node",
+    "wow.node.tap",
+    "A WOW node: virtual NIC, DHCP for the host's own client, overlay membership.",
+    "wow-node",
+)

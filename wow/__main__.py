@@ -1,0 +1,5 @@
+import sys
+
+from wow.cli.main import main
+
+sys.exit(main())

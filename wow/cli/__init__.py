@@ -1,0 +1,1 @@
+"""The C{wow} command: one entry point, sub-commands grouped by part."""

@@ -1,0 +1,85 @@
+"""
+Entry point of the C{wow} command.
+
+Each part contributes its sub-commands from its own module listed in
+L{COMMAND_MODULES}: the module's C{register(subparsers)} adds parsers whose
+C{func(args) -> int} runs the command.  Exit codes: 0 success, 1 the
+operation failed (the daemon refused, a check failed), 2 usage errors,
+3 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from wow import __version__
+
+COMMAND_MODULES = [
+    "wow.cli.node",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+def add_socket_option(parser: argparse.ArgumentParser) -> None:
+    """The options every command that talks to a local wow-node accepts."""
+    parser.add_argument(
+        "--state-dir",
+        default="/var/lib/wow",
+        help="the node's state directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--socket", default="", help="control socket path (default: STATE_DIR/control.sock)"
+    )
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    import os.path
+
+    return args.socket or os.path.join(args.state_dir, "control.sock")
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wow",
+        description="Control and inspect a WOW (wide-area overlay of virtual workstations).",
+    )
+    parser.add_argument("--version", action="version", version=f"wow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

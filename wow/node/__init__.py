@@ -1,0 +1,1 @@
+"""The C{wow-node} daemon: composition of every per-host part."""

@@ -1,0 +1,233 @@
+"""
+The configuration of C{wow-node}, one frozen dataclass per TOML table.
+
+C{etc/wow-node.toml} documents every key with its default; this module is
+the single source of truth for names, types, defaults and validation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from wow.util.config import ConfigError, build, load_toml
+
+#: Linux IFNAMSIZ is 16 including the terminating NUL.
+MAX_IFNAME = 15
+
+#: The default TAP MTU.  An inner frame (14-byte Ethernet header + MTU) plus
+#: the overlay header (44), the data-message header (8), the DTLS 1.2 record
+#: overhead with AES-GCM (13 header + 8 explicit nonce + 16 tag = 37), UDP (8)
+#: and IPv4 (20) must fit a 1500-byte underlay path:
+#: 1500 - 20 - 8 - 44 - 8 - 37 - 14 = 1369; we round down to 1360.
+#: docs/architecture.md states the same arithmetic.
+UNDERLAY_MTU = 1500
+OVERHEAD = 20 + 8 + 44 + 8 + 37 + 14
+DEFAULT_TAP_MTU = 1360
+assert DEFAULT_TAP_MTU + OVERHEAD <= UNDERLAY_MTU
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """[node]: identity and where the node keeps its state."""
+
+    #: Host name published for this node (DNS); empty = use the DHCP client's.
+    name: str = ""
+    #: Directory for keys, leases, certificates (created 0700 if missing).
+    state_dir: str = "/var/lib/wow"
+
+    def validate(self) -> None:
+        if self.name and not _HOSTNAME.match(self.name):
+            raise ConfigError(f"node.name {self.name!r} is not a valid host name")
+        if not self.state_dir:
+            raise ConfigError("node.state_dir must not be empty")
+
+
+@dataclass(frozen=True)
+class TapSection:
+    """[tap]: the virtual NIC."""
+
+    name: str = "wow0"
+    mtu: int = DEFAULT_TAP_MTU
+    #: The MAC the node answers ARP with (the virtual router); empty = derived.
+    router_mac: str = ""
+
+    def validate(self) -> None:
+        if not self.name or len(self.name) > MAX_IFNAME:
+            raise ConfigError(
+                f"tap.name {self.name!r} must be 1 to {MAX_IFNAME} characters long"
+            )
+        if not _IFNAME.match(self.name) or self.name in (".", ".."):
+            raise ConfigError(f"tap.name {self.name!r} contains characters not allowed")
+        if not 576 <= self.mtu <= 65535:
+            raise ConfigError(f"tap.mtu {self.mtu} must be between 576 and 65535")
+        if self.router_mac and not _MAC.match(self.router_mac):
+            raise ConfigError(f"tap.router_mac {self.router_mac!r} is not a MAC address")
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    """[network]: the virtual IP network shared by every node of a WOW."""
+
+    subnet: str = "10.128.0.0/16"
+    #: The virtual router / DHCP server / DNS address, the same on every node.
+    gateway: str = "10.128.0.1"
+    domain: str = "wow"
+
+    def validate(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.subnet, strict=True)
+        except ValueError as e:
+            raise ConfigError(f"network.subnet {self.subnet!r} is not a valid subnet: {e}") from None
+        if net.prefixlen > 30:
+            raise ConfigError(f"network.subnet {self.subnet} is too small (at most /30)")
+        try:
+            gw = ipaddress.IPv4Address(self.gateway)
+        except ValueError:
+            raise ConfigError(f"network.gateway {self.gateway!r} is not an IPv4 address") from None
+        if gw not in net or gw in (net.network_address, net.broadcast_address):
+            raise ConfigError(f"network.gateway {gw} is not a host address of {net}")
+        labels = self.domain.strip(".").split(".")
+        if not self.domain.strip(".") or not all(_HOSTNAME.match(lb) for lb in labels):
+            raise ConfigError(f"network.domain {self.domain!r} is not a valid domain name")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway_address(self) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(self.gateway)
+
+
+@dataclass(frozen=True)
+class DhcpSection:
+    """[dhcp]: the DHCP server that answers the host's own DHCP client."""
+
+    #: "local": leases from a pool kept in the state dir (this issue);
+    #: later modes plug in behind the same allocator interface.
+    mode: str = "local"
+    lease_time: int = 3600
+    #: First and last address handed out; empty = the whole subnet.
+    pool_start: str = ""
+    pool_end: str = ""
+    #: DNS servers given in option 6; empty = the virtual gateway.
+    dns_servers: tuple[str, ...] = ()
+
+    MODES = ("local",)
+
+    def validate(self) -> None:
+        if self.mode not in self.MODES:
+            raise ConfigError(
+                f"dhcp.mode {self.mode!r} is not one of {', '.join(self.MODES)}"
+            )
+        if not 60 <= self.lease_time <= 7 * 24 * 3600:
+            raise ConfigError(f"dhcp.lease_time {self.lease_time} must be between 60 and 604800")
+        for key in ("pool_start", "pool_end"):
+            value = getattr(self, key)
+            if value:
+                try:
+                    ipaddress.IPv4Address(value)
+                except ValueError:
+                    raise ConfigError(f"dhcp.{key} {value!r} is not an IPv4 address") from None
+        for server in self.dns_servers:
+            try:
+                ipaddress.IPv4Address(server)
+            except ValueError:
+                raise ConfigError(f"dhcp.dns_servers entry {server!r} is not an IPv4 address") from None
+
+
+def _check_bootstrap(url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "udp" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ConfigError(f"bootstrap {url!r} must look like udp://HOST:PORT")
+
+
+@dataclass(frozen=True)
+class OverlaySection:
+    """[overlay]: the peer-to-peer overlay's UDP port and how to join it."""
+
+    #: UDP port for all overlay traffic (0 = any free port).
+    listen: int = 4789
+    #: Local address to bind ("" = all addresses).
+    interface: str = ""
+    #: Nodes to join through, as udp://HOST:PORT; empty = start a new ring.
+    bootstrap: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if not 0 <= self.listen <= 65535:
+            raise ConfigError(f"overlay.listen {self.listen} is not a UDP port number")
+        for url in self.bootstrap:
+            _check_bootstrap(url)
+        if self.interface:
+            try:
+                ipaddress.ip_address(self.interface)
+            except ValueError:
+                raise ConfigError(f"overlay.interface {self.interface!r} is not an IP address") from None
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    """[control]: the local control socket the C{wow} CLI talks to."""
+
+    #: UNIX socket path; empty = control.sock in the state directory.
+    socket: str = ""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole validated configuration of one C{wow-node}."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    tap: TapSection = field(default_factory=TapSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    dhcp: DhcpSection = field(default_factory=DhcpSection)
+    overlay: OverlaySection = field(default_factory=OverlaySection)
+    control: ControlSection = field(default_factory=ControlSection)
+
+    def validate(self) -> None:
+        net = self.network.network
+        for key in ("pool_start", "pool_end"):
+            value = getattr(self.dhcp, key)
+            if value and ipaddress.IPv4Address(value) not in net:
+                raise ConfigError(f"dhcp.{key} {value} is outside network.subnet {net}")
+        if self.dhcp.pool_start and self.dhcp.pool_end:
+            if ipaddress.IPv4Address(self.dhcp.pool_start) > ipaddress.IPv4Address(
+                self.dhcp.pool_end
+            ):
+                raise ConfigError("dhcp.pool_start comes after dhcp.pool_end")
+
+    @property
+    def control_socket(self) -> str:
+        import os.path
+
+        return self.control.socket or os.path.join(self.node.state_dir, "control.sock")
+
+
+def load_node_config(path: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
+    """
+    Load and validate a node configuration.
+
+    @param path: a TOML file, or L{None} for the defaults.
+    @param overrides: C{{section: {key: value}}} from the command line; they
+        replace the file's values before validation.
+    @raise ConfigError: with a one-sentence reason.
+    """
+    table: dict[str, Any] = load_toml(path) if path else {}
+    for section, values in (overrides or {}).items():
+        current = table.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{section} must be a table")
+        current.update(values)
+    return build(NodeConfig, table, "")

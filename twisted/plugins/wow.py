@@ -8,3 +8,10 @@ wowNode = ServiceMaker(
     "A WOW node: virtual NIC, DHCP for the host's own client, overlay membership.",
     "wow-node",
 )
+
+wowDNS = ServiceMaker(
+    "WOW DNS",
+    "wow.dns.tap",
+    "The WOW virtual domain over DNS: host names, derived names, PTR; forwards the rest.",
+    "wow-dns",
+)

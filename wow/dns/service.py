@@ -1,0 +1,148 @@
+"""
+Building the DNS from configuration: the central C{wow-dns} service tree
+and the resolver a node embeds.
+
+Both use the same pieces: a L{CompactStore} (or any L{INameStore}), a
+L{ZoneAuthority} over it, and a L{DnsEngine} whose C{answer(query,
+client_ip)} is the one sans-I/O entry point.  The central server wraps the
+engine in UDP and TCP listeners; the node hands it the DNS queries that
+arrive on its TAP for the virtual gateway (L{NodeDns.answer}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from twisted.internet.defer import Deferred
+
+from wow.dns.authority import StaticRecord, ZoneAuthority
+from wow.dns.claims import DhtNameStore, IAtomicCreate, MemoryAtomicStore, NameClaims
+from wow.dns.config import DnsConfig, ZoneSection, parse_static
+from wow.dns.engine import Answer, DnsEngine, Sources, TwistedUpstream
+from wow.dns.names import pack_ip, to_wire
+from wow.dns.server import DnsListenService
+from wow.dns.store import CompactStore, INameStore
+from wow.metrics import Counters
+from wow.util.config import ConfigError
+
+
+def build_engine(domain: str, subnet: str, zone: ZoneSection, reactor: Any,
+                 counters: Counters, store: INameStore | None = None,
+                 nameservers: tuple[tuple[str, str | None], ...] = (("ns", None),),
+                 static: list[StaticRecord] | None = None) -> DnsEngine:
+    """The engine for one virtual domain, wired from a validated zone section."""
+    net = ipaddress.IPv4Network(subnet)
+    if store is None:
+        store = CompactStore(to_wire(domain), net, zone.ttl, zone.derived_names)
+    if static is None:
+        static = [parse_static(line, domain, zone.ttl) for line in zone.records]
+    authority = ZoneAuthority(domain, net, store, reactor, zone.soa(), nameservers, static)
+    servers = zone.upstream_servers()
+    upstream = TwistedUpstream(servers, reactor) if servers else None
+    return DnsEngine(authority, reactor, counters, Sources(zone.sources(subnet)), upstream,
+                     zone.max_udp_size)
+
+
+class NamesFileService(Service):
+    """Loads the names file when the daemon starts and says how long it took."""
+
+    log = Logger()
+
+    def __init__(self, store: CompactStore, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.loaded = 0
+
+    def load(self) -> None:
+        started = time.monotonic()
+        try:
+            with open(self.path, "rb") as f:
+                self.loaded, rejected = self.store.load_hosts(f, self.path)
+        except OSError as e:
+            raise ConfigError(f"dns.names_file {self.path} cannot be read: {e.strerror}"
+                              ) from None
+        self.log.info("loaded {n} names from {path} in {s:.2f} s ({bad} lines rejected)",
+                      n=self.loaded, path=self.path, s=time.monotonic() - started, bad=rejected)
+
+
+def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
+    """
+    The C{wow-dns} service tree.  The names file is read here, before the
+    listeners open, so the server never answers NXDOMAIN for a name it is
+    still loading.
+    """
+    c = config.dns
+    counters = Counters()
+    store = CompactStore(to_wire(c.domain), ipaddress.IPv4Network(c.subnet), c.ttl,
+                         c.derived_names)
+    root = MultiService()
+    if c.names_file:
+        loader = NamesFileService(store, c.names_file)
+        loader.load()
+        loader.setServiceParent(root)
+    engine = build_engine(c.domain, c.subnet, c, reactor, counters, store,
+                          ((c.nameserver, c.nameserver_address or None),), c.static_records())
+    root.engine = engine  # type: ignore[attr-defined]
+    DnsListenService(engine, reactor, c.listen, c.port, c.tcp_idle_timeout).setServiceParent(root)
+    return root
+
+
+class NodeDns(Service):
+    """
+    The DNS a node answers on its virtual gateway address (DHCP option 6).
+
+    The node's TAP path calls L{answer} with the UDP payload of each query
+    addressed to gateway:53 and the client's virtual IP, and sends back what
+    it returns (see L{DnsEngine.answer}).  The DHCP server calls
+    L{lease_added} on every ACK (new lease or renewal) and L{lease_removed}
+    on release/expiry, so names follow leases (TTL = the lease's remaining
+    time) and host-name conflicts are settled by L{NameClaims}.
+
+    @param kv: the DHT's atomic-create interface; without one, claims are
+        settled in this node's memory (L{MemoryAtomicStore}).
+    """
+
+    log = Logger()
+
+    def __init__(self, network: Any, zone: ZoneSection, reactor: Any,
+                 counters: Counters | None = None, kv: IAtomicCreate | None = None) -> None:
+        self.counters = counters or Counters()
+        domain_wire = to_wire(network.domain)
+        cache = CompactStore(domain_wire, ipaddress.IPv4Network(network.subnet), zone.ttl,
+                             zone.derived_names)
+        store: INameStore = cache if kv is None else DhtNameStore(kv, network.subnet, cache)
+        self.engine = build_engine(network.domain, network.subnet, zone, reactor,
+                                   self.counters, store, (("ns", network.gateway),))
+        self.claims = NameClaims(kv or MemoryAtomicStore(reactor), network.subnet, domain_wire,
+                                 store, reactor, self.counters)
+        self.names: dict[str, bytes] = {}
+
+    def answer(self, query: bytes, client_ip: str) -> Answer:
+        """The response to one query from the TAP (see L{DnsEngine.answer})."""
+        return self.engine.answer(query, client_ip)
+
+    def lease_added(self, ip: str, lease_seconds: float, hostname: str = "") -> Deferred[bytes]:
+        """A lease was granted or renewed: publish (or refresh) its names."""
+        d = self.claims.claim(ip, lease_seconds, hostname)
+
+        def remember(name: bytes) -> bytes:
+            old = self.names.get(ip)
+            if old is not None and old != name:
+                self.claims.release(ip, old)
+                self.claims.store.add(name, pack_ip(ip), self.engine.clock.seconds()
+                                      + lease_seconds)
+            self.names[ip] = name
+            return name
+
+        return d.addCallback(remember)
+
+    def lease_removed(self, ip: str) -> None:
+        """A lease ended (release or expiry): withdraw its names."""
+        name = self.names.pop(ip, None)
+        if name is not None:
+            self.claims.release(ip, name)

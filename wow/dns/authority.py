@@ -99,10 +99,10 @@ class ZoneAuthority(common.ResolverBase):
         self.ns_names = ns_names
         for record in static:
             self._add_static(record)
-        mname = from_wire(ns_names[0]).encode()
+        mname = from_wire(ns_names[0]).rstrip(".").encode()
         self._soa_payload = {
             zone: dns.Record_SOA(
-                mname=mname, rname=b"hostmaster." + from_wire(self.domain_wire).encode(),
+                mname=mname, rname=b"hostmaster." + from_wire(self.domain_wire).rstrip(".").encode(),
                 serial=soa.serial, refresh=soa.refresh, retry=soa.retry,
                 expire=soa.expire, minimum=soa.minimum, ttl=soa.ttl)
             for zone in (self.domain_wire, self.reverse_wire)
@@ -182,7 +182,7 @@ class ZoneAuthority(common.ResolverBase):
         soa = self._soa_payload[zone]
         return {
             dns.SOA: [(self.soa_settings.ttl, soa)],
-            dns.NS: [(self.soa_settings.ttl, dns.Record_NS(from_wire(n).encode()))
+            dns.NS: [(self.soa_settings.ttl, dns.Record_NS(from_wire(n).rstrip(".").encode()))
                      for n in self.ns_names],
         }
 
@@ -244,7 +244,7 @@ class ZoneAuthority(common.ResolverBase):
             rrsets.update(self._apex_rrsets(name))
         if hit is not None:
             target, ttl = hit
-            rrsets[dns.PTR] = [(ttl, dns.Record_PTR(from_wire(target).encode(), ttl))]
+            rrsets[dns.PTR] = [(ttl, dns.Record_PTR(from_wire(target).rstrip(".").encode(), ttl))]
         if not rrsets:
             if self._reverse_ent(name):
                 return self._negative(self.reverse_wire, dns.OK)

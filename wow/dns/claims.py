@@ -149,7 +149,7 @@ class NameClaims:
 
     def _settle(self, name: bytes, ip: bytes, expires: float, ttl: float) -> Deferred[bytes]:
         self.store.add(name, ip, expires)
-        self.kv.create(ptr_key(self.network, ip), from_wire(name).encode(), ttl)
+        self.kv.create(ptr_key(self.network, ip), from_wire(name).rstrip(".").encode(), ttl)
         return succeed(name)
 
     def release(self, ip: str, name: bytes) -> None:
@@ -159,7 +159,7 @@ class NameClaims:
         self.kv.delete(name_key(self.network, name), ip.encode())
         derived = derived_wire(packed, self.domain_wire)
         self.kv.delete(name_key(self.network, derived), ip.encode())
-        self.kv.delete(ptr_key(self.network, packed), from_wire(name).encode())
+        self.kv.delete(ptr_key(self.network, packed), from_wire(name).rstrip(".").encode())
 
 
 @implementer(INameStore)

@@ -30,6 +30,14 @@ class DnsDatagramProtocol(DatagramProtocol):
 
     def __init__(self, engine: DnsEngine) -> None:
         self.engine = engine
+        self._sendto: Any = None
+
+    def startProtocol(self) -> None:
+        # Twisted's write() validates the address as an IP literal (twice)
+        # before every send; ours always comes from recvfrom, and that check
+        # costs as much as the fast path itself, so send on the socket.
+        sock = getattr(self.transport, "socket", None)
+        self._sendto = sock.sendto if sock is not None else None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
@@ -51,7 +59,10 @@ class DnsDatagramProtocol(DatagramProtocol):
         if self.transport is None:
             return
         try:
-            self.transport.write(data, addr)
+            if self._sendto is not None:
+                self._sendto(data, addr)
+            else:
+                self.transport.write(data, addr)
         except (OSError, MessageLengthError) as e:
             self.engine.counters.inc("dns_responses_unsent", reason=type(e).__name__)
 

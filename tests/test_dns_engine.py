@@ -25,7 +25,7 @@ from wow.dns.config import parse_static
 from wow.dns.engine import DnsEngine, IUpstream, Sources, minimal_response
 from wow.dns.fastpath import make_fastpath
 from wow.dns.names import to_wire
-from wow.dns.server import DnsDatagramProtocol, DnsStreamProtocol
+from wow.dns.server import DnsDatagramProtocol, DnsStreamFactory, DnsStreamProtocol
 from wow.dns.store import CompactStore
 from wow.metrics import Counters
 
@@ -396,6 +396,18 @@ class AdapterTests(SynchronousTestCase):
         proto, transport, clock = self.tcp()
         proto.dataReceived(b"\x00\x00")
         self.assertTrue(transport.disconnecting)
+
+
+class TcpLimitTests(SynchronousTestCase):
+    def test_connection_limit(self) -> None:
+        engine, _, counters = build()
+        factory = DnsStreamFactory(engine, 30, Clock(), max_connections=2)
+        protos = [factory.buildProtocol(_Addr(ON_NET)) for _ in range(3)]
+        self.assertIsNone(protos[2])
+        self.assertEqual(counters.get("dns_tcp_refused"), 1)
+        protos[0].makeConnection(StringTransport(peerAddress=_Addr(ON_NET)))  # type: ignore[union-attr]
+        protos[0].connectionLost(None)  # type: ignore[union-attr]
+        self.assertIsNotNone(factory.buildProtocol(_Addr(ON_NET)))
 
 
 class _Addr:

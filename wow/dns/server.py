@@ -118,18 +118,32 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open -= 1
 
 
 class DnsStreamFactory(Factory):
+    """Builds TCP protocols, at most C{max_connections} at a time."""
+
     noisy = False
 
-    def __init__(self, engine: DnsEngine, idle_timeout: float, clock: Any) -> None:
+    def __init__(self, engine: DnsEngine, idle_timeout: float, clock: Any,
+                 max_connections: int = 256) -> None:
         self.engine = engine
         self.idle_timeout = idle_timeout
         self.clock = clock
+        self.max_connections = max_connections
+        self.open = 0
 
-    def buildProtocol(self, addr: Any) -> DnsStreamProtocol:
-        return DnsStreamProtocol(self.engine, self.idle_timeout, self.clock)
+    def buildProtocol(self, addr: Any) -> DnsStreamProtocol | None:
+        if self.open >= self.max_connections:
+            self.engine.counters.inc("dns_tcp_refused", reason="too-many-connections")
+            return None  # Twisted closes the connection
+        self.open += 1
+        proto = DnsStreamProtocol(self.engine, self.idle_timeout, self.clock)
+        proto.factory = self
+        return proto
 
 
 class DnsListenService(Service):

@@ -12,7 +12,7 @@ may go to the network and return a L{Deferred}.
 
 Memory is what decides the layout at a million names (see
 docs/performance.md): one dict from the lower-cased wire name to the packed
-4-byte address, and for the reverse direction a flat list indexed by the
+address (an int), and for the reverse direction a flat list indexed by the
 address's offset in the subnet when the subnet is at most a /12 (8 bytes per
 address), a dict otherwise.  Record objects would cost more than twice as
 much and give the garbage collector millions of objects to walk, which is
@@ -24,7 +24,6 @@ from __future__ import annotations
 import gc
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -40,9 +39,12 @@ from wow.dns.names import (
     valid_label,
 )
 
-#: A forward entry: the packed address (static, default TTL) or
-#: C{(packed address, expiry time)} for records that follow a lease.
-Entry = bytes | tuple[bytes, float]
+#: A forward entry: the address as an int (static, default TTL) or
+#: C{(address, expiry time)} for records that follow a lease.  An int takes
+#: 32 bytes where a 4-byte bytes object takes 48: 16 MB at a million names.
+Entry = int | tuple[int, float]
+#: A reverse entry: the owner's wire name, or C{(name, expiry time)}.
+RevEntry = bytes | tuple[bytes, float]
 
 #: The largest subnet (in addresses) whose reverse table is a flat list.
 DENSE_REVERSE_LIMIT = 1 << 20
@@ -112,8 +114,8 @@ class CompactStore:
         self.ents: set[bytes] = set()
         self._base = int(subnet.network_address)
         self._size = subnet.num_addresses
-        self._reverse_list: list[Entry | None] | None = None
-        self._reverse_dict: dict[bytes, Entry] | None = None
+        self._reverse_list: list[RevEntry | None] | None = None
+        self._reverse_dict: dict[bytes, RevEntry] | None = None
         if self._size <= DENSE_REVERSE_LIMIT:
             self._reverse_list = [None] * self._size
         else:
@@ -123,7 +125,7 @@ class CompactStore:
 
     # -- reverse table (list or dict) ----------------------------------------
 
-    def _rev_get(self, ip: bytes) -> Entry | None:
+    def _rev_get(self, ip: bytes) -> RevEntry | None:
         if self._reverse_list is not None:
             offset = int.from_bytes(ip, "big") - self._base
             if 0 <= offset < self._size:
@@ -132,7 +134,7 @@ class CompactStore:
         assert self._reverse_dict is not None
         return self._reverse_dict.get(ip)
 
-    def _rev_set(self, ip: bytes, value: Entry | None) -> None:
+    def _rev_set(self, ip: bytes, value: RevEntry | None) -> None:
         if self._reverse_list is not None:
             offset = int.from_bytes(ip, "big") - self._base
             if 0 <= offset < self._size:
@@ -144,19 +146,23 @@ class CompactStore:
         else:
             self._reverse_dict[ip] = value
 
-    def _live(self, entry: Entry, now: float) -> tuple[Any, int] | None:
+    def _live(self, entry: RevEntry, now: float) -> tuple[bytes, int] | None:
         if entry.__class__ is bytes:
-            return entry, self.default_ttl
-        value, expires = entry  # type: ignore[misc]
+            return entry, self.default_ttl  # type: ignore[return-value]
+        value, expires = entry
         ttl = int(expires - now)
-        return (value, ttl) if ttl > 0 else None
+        return (value, ttl) if ttl > 0 else None  # type: ignore[return-value]
 
     # -- INameStore ------------------------------------------------------------
 
     def lookup_a(self, name: bytes, now: float) -> tuple[bytes, int] | None:
         entry = self.forward.get(name)
         if entry is not None:
-            return self._live(entry, now)
+            if entry.__class__ is int:
+                return entry.to_bytes(4, "big"), self.default_ttl  # type: ignore[union-attr]
+            address, expires = entry  # type: ignore[misc]
+            ttl = int(expires - now)
+            return (address.to_bytes(4, "big"), ttl) if ttl > 0 else None
         if not self.derived or name[1:2] != b"c":
             return None
         n = name[0]
@@ -199,20 +205,22 @@ class CompactStore:
         old = self.forward.get(name)
         if old is not None:
             self.remove(name)
-        self.forward[name] = ip if expires is None else (ip, expires)
+        address = int.from_bytes(ip, "big")
+        self.forward[name] = address if expires is None else (address, expires)
         current = self._rev_get(ip)
         if current is None or self._owner(current) not in self.forward:
             self._rev_set(ip, name if expires is None else (name, expires))
 
     @staticmethod
-    def _owner(entry: Entry) -> bytes:
-        return entry if entry.__class__ is bytes else entry[0]  # type: ignore[return-value,index]
+    def _owner(entry: RevEntry) -> bytes:
+        return entry if entry.__class__ is bytes else entry[0]  # type: ignore[return-value]
 
     def remove(self, name: bytes) -> None:
         entry = self.forward.pop(name, None)
         if entry is None:
             return
-        ip = self._owner(entry)
+        address = entry if entry.__class__ is int else entry[0]  # type: ignore[index]
+        ip = address.to_bytes(4, "big")  # type: ignore[union-attr]
         current = self._rev_get(ip)
         if current is not None and self._owner(current) == name:
             self._rev_set(ip, None)
@@ -246,7 +254,7 @@ class CompactStore:
                 try:
                     if len(fields) < 2:
                         raise BadName("no name after the address")
-                    ip = pack_ip(fields[0].decode("ascii", "replace"))
+                    ip = int.from_bytes(pack_ip(fields[0].decode("ascii", "replace")), "big")
                     keys = [self._host_key(f, domain) for f in fields[1:]]
                 except BadName as e:
                     rejected += 1
@@ -261,12 +269,14 @@ class CompactStore:
                         self.remove(key)
                     forward[key] = ip
                     loaded += 1
-                offset = int.from_bytes(ip, "big") - subnet_base
+                offset = ip - subnet_base
                 if self._reverse_list is not None:
                     if 0 <= offset < size and self._reverse_list[offset] is None:
                         self._reverse_list[offset] = keys[0]
-                elif ip not in self._reverse_dict:  # type: ignore[operator]
-                    self._reverse_dict[ip] = keys[0]  # type: ignore[index]
+                else:
+                    packed = ip.to_bytes(4, "big")
+                    if packed not in self._reverse_dict:  # type: ignore[operator]
+                        self._reverse_dict[packed] = keys[0]  # type: ignore[index]
         finally:
             if gc_was_enabled:
                 gc.enable()

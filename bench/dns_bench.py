@@ -160,8 +160,11 @@ def dnsperf(port: int, qfile: str, duration: float, rate: int | None) -> dict[st
     return result
 
 
-def measure_servers(servers: dict[str, tuple[list[str], int]], n: int, qfile: str, args: Any,
-                    work: str) -> dict[str, dict[str, Any]]:
+#: name → (argv, port, number of names, query file)
+Servers = dict[str, tuple[list[str], int, int, str]]
+
+
+def measure_servers(servers: Servers, args: Any, work: str) -> dict[str, dict[str, Any]]:
     """
     Start every server, then alternate their dnsperf runs (A, B, A, B, ...)
     so that a change in the machine's background load hits both alike.
@@ -169,7 +172,7 @@ def measure_servers(servers: dict[str, tuple[list[str], int]], n: int, qfile: st
     procs: dict[str, subprocess.Popen[bytes]] = {}
     loads: dict[str, float] = {}
     try:
-        for name, (argv, port) in servers.items():
+        for name, (argv, port, n, _) in servers.items():
             print(f"[{name}] starting with {n} names ...", file=sys.stderr, flush=True)
             procs[name], loads[name] = start_and_wait(
                 argv, port, f"h{n - 1}.{DOMAIN}", os.path.join(work, name + ".log"),
@@ -178,10 +181,10 @@ def measure_servers(servers: dict[str, tuple[list[str], int]], n: int, qfile: st
         sat: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         fixed: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for _ in range(args.runs):
-            for name, (_, port) in servers.items():
+            for name, (_, port, _, qfile) in servers.items():
                 sat[name].append(dnsperf(port, qfile, args.duration, None))
         for _ in range(args.runs):
-            for name, (_, port) in servers.items():
+            for name, (_, port, _, qfile) in servers.items():
                 fixed[name].append(dnsperf(port, qfile, args.duration, args.rate))
         results = {}
         for name in servers:
@@ -267,13 +270,27 @@ def in_process_us(n: int, samples: int = 200_000) -> float:
     return round(best * 1e6, 2)
 
 
+def wow_server(work: str, names_file: str, n: int) -> tuple[list[str], int, int, str]:
+    """Config and query file for one wow-dns with the n names of names_file."""
+    rng = random.Random(1)
+    qfile = os.path.join(work, "queries.txt")
+    with open(qfile, "w") as f:
+        f.writelines(f"h{rng.randrange(n)}.{DOMAIN} A\n" for _ in range(100_000))
+    port = free_port()
+    conf = os.path.join(work, "wow-dns.toml")
+    with open(conf, "w") as f:
+        f.write(f'[dns]\nlisten = "127.0.0.1"\nport = {port}\ndomain = "{DOMAIN}"\n'
+                f'subnet = "{subnet_for(n)}"\nnames_file = "{names_file}"\n'
+                'allowed_sources = ["127.0.0.0/8"]\n')
+    return [*pin(1), *TWISTD, "-n", "--pidfile=", "wow-dns", "--config", conf], port, n, qfile
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2000, help="q/s for the latency runs")
-    parser.add_argument("--queries", type=int, default=100_000, help="distinct names queried")
     parser.add_argument("--load-timeout", type=float, default=600)
     parser.add_argument("--skip-dnsmasq", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -285,39 +302,40 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="wow-dns-bench-")
     try:
         paths = write_files(work, n)
-        rng = random.Random(1)
-        qfile = os.path.join(work, "queries.txt")
-        with open(qfile, "w") as f:
-            f.writelines(f"h{rng.randrange(n)}.{DOMAIN} A\n" for _ in range(args.queries))
-        wow_port, dm_port = free_port(), free_port()
-        conf = os.path.join(work, "wow-dns.toml")
-        with open(conf, "w") as f:
-            f.write(f'[dns]\nlisten = "127.0.0.1"\nport = {wow_port}\ndomain = "{DOMAIN}"\n'
-                    f'subnet = "{subnet_for(n)}"\nnames_file = "{paths["wow.hosts"]}"\n'
-                    'allowed_sources = ["127.0.0.0/8"]\n')
-        results: dict[str, Any] = {"names": n, "date": time.strftime("%Y-%m-%d"),
-                                   "duration_s": args.duration, "runs": args.runs,
-                                   "rate": args.rate}
-        servers = {"wow": ([*pin(1), *TWISTD, "-n", "--pidfile=", "wow-dns", "--config", conf],
-                           wow_port)}
+        servers: Servers = {
+            "wow": wow_server(work, paths["wow.hosts"], n),
+        }
         if not args.skip_dnsmasq:
+            dm_port = free_port()
             servers["dnsmasq"] = (
                 [*pin(1), "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
                  "--no-resolv", "--no-hosts", f"--addn-hosts={paths['dnsmasq.hosts']}",
                  "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={dm_port}",
                  f"--local=/{DOMAIN}/", "--pid-file=", "--user=root", "--group=root",
                  "--log-facility=-"],
-                dm_port)
-        results.update(measure_servers(servers, n, qfile, args, work))
+                dm_port, n, servers["wow"][3])
+        if n != 1000:
+            # The same server with 1,000 names, measured in the same rounds.
+            small = os.path.join(work, "small")
+            os.makedirs(small)
+            servers["wow_1k"] = wow_server(small, write_files(small, 1000)["wow.hosts"], 1000)
+        results: dict[str, Any] = {"names": n, "date": time.strftime("%Y-%m-%d"),
+                                   "duration_s": args.duration, "runs": args.runs,
+                                   "rate": args.rate}
+        results.update(measure_servers(servers, args, work))
+        if "wow_1k" in results:
+            small_result = results.pop("wow_1k")
+            results["wow"]["qps_1k"] = small_result["qps"]
+            results["wow"]["p50_ms_1k"] = small_result["p50_ms"]
         print("[hosts file] getent hosts ...", file=sys.stderr, flush=True)
-        small = [f"{address(subnet_for(1000), i)} h{i}.{DOMAIN}\n" for i in range(1000)]
+        hosts_1k = [f"{address(subnet_for(1000), i)} h{i}.{DOMAIN}\n" for i in range(1000)]
         big = os.path.join(work, "big.hosts")
         with open(big, "w") as f:
             f.write("127.0.0.1 localhost\n")
             with open(paths["dnsmasq.hosts"]) as src:
                 shutil.copyfileobj(src, f)
         results["hosts_file"] = {
-            "lookup_ms_1k": getent_ms(small, f"h500.{DOMAIN}", work, 21),
+            "lookup_ms_1k": getent_ms(hosts_1k, f"h500.{DOMAIN}", work, 21),
             "lookup_ms_1m": getent_ms(big, f"h{n // 2}.{DOMAIN}", work, 5),
         }
         print("[in-process] engine.answer at 1,000 and N names ...", file=sys.stderr, flush=True)

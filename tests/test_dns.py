@@ -63,7 +63,8 @@ class NamesTests(SynchronousTestCase):
         wire = names.ptr_wire(ip("10.128.0.5"))
         self.assertEqual(names.from_wire(wire), "5.0.128.10.in-addr.arpa.")
         self.assertEqual(names.parse_ptr_wire(wire), ip("10.128.0.5"))
-        for bad in ("0.128.10.in-addr.arpa", "1.5.0.128.10.in-addr.arpa", "05.0.128.10.in-addr.arpa",
+        for bad in ("0.128.10.in-addr.arpa", "1.5.0.128.10.in-addr.arpa",
+                    "05.0.128.10.in-addr.arpa",
                     "256.0.128.10.in-addr.arpa", "x.0.128.10.in-addr.arpa", "in-addr.arpa"):
             self.assertIsNone(names.parse_ptr_wire(names.to_wire(bad)), bad)
 
@@ -110,7 +111,8 @@ class CompactStoreTests(SynchronousTestCase):
         self.assertEqual(self.store.lookup_a(names.to_wire("bobby.wow"), 0),
                          (ip("10.128.0.6"), 300))
         # The first name of a line is the address's PTR target.
-        self.assertEqual(self.store.lookup_ptr(ip("10.128.0.6"), 0), (names.to_wire("bob.wow"), 300))
+        self.assertEqual(self.store.lookup_ptr(ip("10.128.0.6"), 0),
+                         (names.to_wire("bob.wow"), 300))
         self.assertTrue(self.store.is_empty_nonterminal(names.to_wire("lab.wow")))
         self.assertFalse(self.store.is_empty_nonterminal(names.to_wire("alice.wow")))
 

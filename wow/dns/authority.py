@@ -100,9 +100,10 @@ class ZoneAuthority(common.ResolverBase):
         for record in static:
             self._add_static(record)
         mname = from_wire(ns_names[0]).rstrip(".").encode()
+        rname = b"hostmaster." + from_wire(self.domain_wire).rstrip(".").encode()
         self._soa_payload = {
             zone: dns.Record_SOA(
-                mname=mname, rname=b"hostmaster." + from_wire(self.domain_wire).rstrip(".").encode(),
+                mname=mname, rname=rname,
                 serial=soa.serial, refresh=soa.refresh, retry=soa.retry,
                 expire=soa.expire, minimum=soa.minimum, ttl=soa.ttl)
             for zone in (self.domain_wire, self.reverse_wire)

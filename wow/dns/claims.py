@@ -38,16 +38,16 @@ from wow.metrics import Counters
 class IAtomicCreate(Interface):
     """The part of the DHT the DNS needs."""
 
-    def create(key: str, value: bytes, ttl: float) -> Deferred[bool]:  # type: ignore[misc]
+    def create(key: str, value: bytes, ttl: float) -> Deferred[bool]:
         """
         Store C{value} under C{key} for C{ttl} seconds unless a live,
         different value is there.  True if stored (or refreshed: same value).
         """
 
-    def get(key: str) -> Deferred[tuple[bytes, float] | None]:  # type: ignore[misc]
+    def get(key: str) -> Deferred[tuple[bytes, float] | None]:
         """The live value and its remaining seconds, or None."""
 
-    def delete(key: str, value: bytes) -> Deferred[bool]:  # type: ignore[misc]
+    def delete(key: str, value: bytes) -> Deferred[bool]:
         """Remove C{key} if it holds C{value} (an owner removes only its own)."""
 
 

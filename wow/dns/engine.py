@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -59,7 +59,7 @@ Answer = bytes | None | Deferred[bytes | None]
 class IUpstream(Interface):
     """Resolvers that names outside the virtual domain are forwarded to."""
 
-    def query(name: bytes, qtype: int, qclass: int) -> Deferred[dns.Message]:  # type: ignore[misc]
+    def query(name: bytes, qtype: int, qclass: int) -> Deferred[dns.Message]:
         """Resolve one question; fire with the upstream's response message."""
 
 
@@ -82,8 +82,8 @@ class Sources:
                 ip = ipaddress.ip_address(address)
             except ValueError:
                 return False
-            if getattr(ip, "ipv4_mapped", None) is not None:
-                ip = ip.ipv4_mapped  # type: ignore[union-attr]
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
             verdict = any(ip in net for net in self.networks)
             if len(self._cache) > 65536:
                 self._cache.clear()
@@ -142,7 +142,7 @@ class TwistedUpstream:
                 return self.resolver.queryTCP(question)
             return message
 
-        return d.addCallback(retry_tcp)
+        return cast("Deferred[dns.Message]", d.addCallback(retry_tcp))
 
 
 class DnsEngine:
@@ -249,9 +249,14 @@ class DnsEngine:
         if result is None:
             return self._forward(message, edns, tcp, limit)
         if isinstance(result, Deferred):
-            return result.addCallback(
-                lambda r: self._encode(message, r, edns, True, tcp, limit, recursion)
-            ).addErrback(self._servfail, message, edns, tcp, limit)
+
+            def encode(r: Resolution) -> bytes:
+                return self._encode(message, r, edns, True, tcp, limit, recursion)
+
+            def failed(f: Failure) -> bytes:
+                return self._servfail(f, message, edns, tcp, limit)
+
+            return result.addCallback(encode).addErrback(failed)  # type: ignore[call-overload,no-any-return]
         return self._encode(message, result, edns, True, tcp, limit, recursion)
 
     def _forward(self, message: dns.Message, edns: bool, tcp: bool, limit: int) -> Answer:
@@ -270,8 +275,11 @@ class DnsEngine:
                            additional=[a for a in reply.additional if a.type != dns.OPT])
             return self._encode(message, r, edns, False, tcp, limit, True)
 
+        def failed(f: Failure) -> bytes:
+            return self._servfail(f, message, edns, tcp, limit)
+
         d = self.upstream.query(q.name.name, q.type, q.cls)
-        return d.addCallback(relay).addErrback(self._servfail, message, edns, tcp, limit)
+        return d.addCallback(relay).addErrback(failed)  # type: ignore[call-overload,no-any-return]
 
     def _servfail(self, failure: Failure, message: dns.Message, edns: bool, tcp: bool,
                   limit: int) -> bytes:
@@ -284,8 +292,8 @@ class DnsEngine:
     def _encode(self, query: dns.Message, r: Resolution, edns: bool, auth: bool, tcp: bool,
                 limit: int, recursion: bool = False) -> bytes:
         response = dns.Message(
-            id=query.id, answer=1, opCode=query.opCode, auth=int(auth), recDes=query.recDes,
-            recAv=int(recursion), rCode=r.rcode & 0xF, maxSize=0,
+            id=query.id, answer=True, opCode=query.opCode, auth=auth, recDes=query.recDes,
+            recAv=recursion, rCode=r.rcode & 0xF, maxSize=0,
         )
         response.checkingDisabled = query.checkingDisabled
         response.queries = list(query.queries)

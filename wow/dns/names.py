@@ -143,7 +143,7 @@ def parse_ptr_wire(wire: bytes) -> bytes | None:
     """The packed IPv4 address of a full four-label reverse name, or None."""
     if not wire.endswith(b"\x07in-addr\x04arpa\x00"):
         return None
-    octets = []
+    octets: list[int] = []
     i = 0
     end = len(wire) - 14
     while i < end and len(octets) < 5:

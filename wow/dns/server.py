@@ -49,10 +49,15 @@ class DnsDatagramProtocol(DatagramProtocol):
         if response is None:
             return
         if response.__class__ is bytes:
-            self._send(response, addr)  # type: ignore[arg-type]
+            self._send(response, addr)
             return
         assert isinstance(response, Deferred)
-        response.addCallback(lambda r: r is not None and self._send(r, addr))
+
+        def send_later(data: bytes | None) -> None:
+            if data is not None:
+                self._send(data, addr)
+
+        response.addCallback(send_later)
         response.addErrback(lambda f: self.log.failure("DNS answer failed", f))
 
     def _send(self, data: bytes, addr: Any) -> None:
@@ -75,7 +80,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
     def __init__(self, engine: DnsEngine, idle_timeout: float, clock: Any) -> None:
         self.engine = engine
         self.idle_timeout = idle_timeout
-        self.callLater = clock.callLater
+        self.callLater = clock.callLater  # type: ignore[method-assign]
         self._buffer = b""
 
     def connectionMade(self) -> None:

@@ -16,9 +16,8 @@ import time
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.logger import Logger
-
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from wow.dns.authority import StaticRecord, ZoneAuthority
 from wow.dns.claims import DhtNameStore, IAtomicCreate, MemoryAtomicStore, NameClaims

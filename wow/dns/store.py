@@ -58,38 +58,38 @@ class INameStore(Interface):
         "False when the store is a cache and fetch_a/fetch_ptr must be asked."
     )
 
-    def lookup_a(name: bytes, now: float) -> tuple[bytes, int] | None:  # type: ignore[misc]
+    def lookup_a(name: bytes, now: float) -> tuple[bytes, int] | None:
         """
         The packed address and remaining TTL of the lower-cased wire name
         C{name} from local data only (derived names included), or None.
         """
 
-    def lookup_ptr(ip: bytes, now: float) -> tuple[bytes, int] | None:  # type: ignore[misc]
+    def lookup_ptr(ip: bytes, now: float) -> tuple[bytes, int] | None:
         """The wire name and remaining TTL of the packed address C{ip}, or None."""
 
-    def fetch_a(name: bytes, now: float) -> Deferred[tuple[bytes, int] | None]:  # type: ignore[misc]
+    def fetch_a(name: bytes, now: float) -> Deferred[tuple[bytes, int] | None]:
         """Like C{lookup_a}, but may ask the network on a local miss."""
 
-    def fetch_ptr(ip: bytes, now: float) -> Deferred[tuple[bytes, int] | None]:  # type: ignore[misc]
+    def fetch_ptr(ip: bytes, now: float) -> Deferred[tuple[bytes, int] | None]:
         """Like C{lookup_ptr}, but may ask the network on a local miss."""
 
-    def add(name: bytes, ip: bytes, expires: float | None) -> None:  # type: ignore[misc]
+    def add(name: bytes, ip: bytes, expires: float | None) -> None:
         """
         Record C{name} → C{ip} locally; C{expires} is the lease's end (None
         = static, served with the store's default TTL).  The first name added
         for an address becomes its PTR target.
         """
 
-    def is_empty_nonterminal(name: bytes) -> bool:  # type: ignore[misc]
+    def is_empty_nonterminal(name: bytes) -> bool:
         """
         Whether C{name} has no records but names exist below it (it must
         then get NODATA, not NXDOMAIN: RFC 8020).
         """
 
-    def remove(name: bytes) -> None:  # type: ignore[misc]
+    def remove(name: bytes) -> None:
         """Forget C{name} (and its PTR record if it was the address's name)."""
 
-    def __len__() -> int:  # type: ignore[misc]
+    def __len__() -> int:
         """The number of names held locally."""
 
 
@@ -148,7 +148,7 @@ class CompactStore:
 
     def _live(self, entry: RevEntry, now: float) -> tuple[bytes, int] | None:
         if entry.__class__ is bytes:
-            return entry, self.default_ttl  # type: ignore[return-value]
+            return entry, self.default_ttl
         value, expires = entry
         ttl = int(expires - now)
         return (value, ttl) if ttl > 0 else None  # type: ignore[return-value]
@@ -159,7 +159,7 @@ class CompactStore:
         entry = self.forward.get(name)
         if entry is not None:
             if entry.__class__ is int:
-                return entry.to_bytes(4, "big"), self.default_ttl  # type: ignore[union-attr]
+                return entry.to_bytes(4, "big"), self.default_ttl
             address, expires = entry  # type: ignore[misc]
             ttl = int(expires - now)
             return (address.to_bytes(4, "big"), ttl) if ttl > 0 else None
@@ -220,7 +220,7 @@ class CompactStore:
         if entry is None:
             return
         address = entry if entry.__class__ is int else entry[0]  # type: ignore[index]
-        ip = address.to_bytes(4, "big")  # type: ignore[union-attr]
+        ip = address.to_bytes(4, "big")
         current = self._rev_get(ip)
         if current is not None and self._owner(current) == name:
             self._rev_set(ip, None)

@@ -94,7 +94,7 @@ def parse_ethernet(data: bytes | bytearray | memoryview) -> EthernetFrame:
     if ethertype == ETH_P_8021Q:
         if len(data) < HEADER_LEN + 4:
             raise EthernetError("802.1Q-tagged frame is truncated inside its tag.", "truncated")
-        vlan, ethertype = _TAG.unpack_from(data, 12)
+        vlan, ethertype = _TAG.unpack_from(data, HEADER_LEN)
         offset += 4
         if ethertype in (ETH_P_8021Q, ETH_P_8021AD):
             raise EthernetError("Stacked VLAN tags are not supported.", "stacked-vlan")

@@ -186,6 +186,20 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
+
+    #: ADDRESS:PORT to serve metrics on; "" = no metrics endpoint.
+    listen: str = ""
+
+    def validate(self) -> None:
+        if self.listen:
+            from wow.prometheus import parse_listen
+
+            parse_listen(self.listen, "metrics.listen")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """The whole validated configuration of one C{wow-node}."""
 
@@ -195,6 +209,7 @@ class NodeConfig:
     dhcp: DhcpSection = field(default_factory=DhcpSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
     control: ControlSection = field(default_factory=ControlSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
     def validate(self) -> None:
         net = self.network.network

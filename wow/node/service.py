@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
+from wow.metrics import Counters
 from wow.node.config import NodeConfig
 from wow.util.durable import ensure_private_directory
 
@@ -26,8 +27,15 @@ class NodeService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: Shared by every part of this node; exported by the metrics service.
+        self.counters = Counters()
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
+        if config.metrics.listen:
+            from wow.prometheus import metrics_service
+
+            metrics_service(reactor, self.counters, "wow_node", config.metrics.listen
+                            ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         ensure_private_directory(self.config.node.state_dir)

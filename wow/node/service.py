@@ -36,6 +36,11 @@ class NodeService(MultiService):
 
             metrics_service(reactor, self.counters, "wow_node", config.metrics.listen
                             ).setServiceParent(self)
+        if config.web.listen:
+            from wow.web.api import web_service
+
+            web_service(reactor, self.control.factory.handlers, config.web.listen
+                        ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         ensure_private_directory(self.config.node.state_dir)

@@ -188,6 +188,34 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
+
+    #: ADDRESS:PORT to serve metrics on; "" = no metrics endpoint.
+    listen: str = ""
+
+    def validate(self) -> None:
+        if self.listen:
+            from wow.prometheus import parse_listen
+
+            parse_listen(self.listen, "metrics.listen")
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """[web]: the local status page with a live picture of the overlay."""
+
+    #: ADDRESS:PORT of the page (keep it local); "" = no page.
+    listen: str = ""
+
+    def validate(self) -> None:
+        if self.listen:
+            from wow.prometheus import parse_listen
+
+            parse_listen(self.listen, "web.listen")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """The whole validated configuration of one C{wow-node}."""
 
@@ -197,6 +225,8 @@ class NodeConfig:
     dhcp: DhcpSection = field(default_factory=DhcpSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
     control: ControlSection = field(default_factory=ControlSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    web: WebSection = field(default_factory=WebSection)
 
     def validate(self) -> None:
         net = self.network.network

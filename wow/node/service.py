@@ -30,9 +30,10 @@ class NodeService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: Shared by every part of this node; exported by the metrics service.
+        self.counters = Counters()
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
-        self.counters = Counters()
         self.status = StatusBoard(reactor, self.counters)
         self.control.register("status", self.status.status)
         self.control.register("counters", self.status.counters_snapshot)
@@ -40,6 +41,16 @@ class NodeService(MultiService):
         self.nic.setServiceParent(self)
         self.control.register("leases", self.nic.leases)
         self.status.contribute("nic", self.nic.status)
+        if config.metrics.listen:
+            from wow.prometheus import metrics_service
+
+            metrics_service(reactor, self.counters, "wow_node", config.metrics.listen
+                            ).setServiceParent(self)
+        if config.web.listen:
+            from wow.web.api import web_service
+
+            web_service(reactor, self.control.factory.handlers, config.web.listen
+                        ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         # Children's known start-up failures (not root, no /dev/net/tun, ...)

@@ -19,7 +19,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +28,8 @@ from twisted.python.failure import Failure
 from wow.dhcp.allocator import IAllocator, Lease
 from wow.metrics import Counters
 from wow.net.dhcp import (
+    BOOTREPLY,
+    BOOTREQUEST,
     DHCPACK,
     DHCPDECLINE,
     DHCPDISCOVER,
@@ -37,28 +38,26 @@ from wow.net.dhcp import (
     DHCPOFFER,
     DHCPRELEASE,
     DHCPREQUEST,
+    OPT_CLIENT_ID,
+    OPT_DNS,
+    OPT_DOMAIN_NAME,
+    OPT_HOST_NAME,
+    OPT_INTERFACE_MTU,
+    OPT_LEASE_TIME,
+    OPT_MESSAGE,
+    OPT_MESSAGE_TYPE,
+    OPT_REBINDING_TIME,
+    OPT_RENEWAL_TIME,
+    OPT_SERVER_ID,
+    OPT_SUBNET_MASK,
     DhcpMessage,
+    parse_client_fqdn,
 )
+from wow.net.errors import DHCPError
 from wow.net.ethernet import BROADCAST
 
-BOOTREQUEST = 1
-BOOTREPLY = 2
 ZERO = IPv4Address(0)
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
-
-# RFC 2132 option codes this server sends.
-_OPT_SUBNET_MASK = 1
-_OPT_DNS = 6
-_OPT_HOSTNAME = 12
-_OPT_DOMAIN = 15
-_OPT_MTU = 26
-_OPT_LEASE_TIME = 51
-_OPT_MESSAGE_TYPE = 53
-_OPT_SERVER_ID = 54
-_OPT_MESSAGE = 56
-_OPT_T1 = 58
-_OPT_T2 = 59
-_OPT_CLIENT_ID = 61
 
 TYPE_NAMES = {
     1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak",
@@ -99,17 +98,22 @@ class DhcpReply:
         return TYPE_NAMES.get(self.message.message_type or 0, "?")
 
 
-def _text(value: Any) -> str:
-    """Option values (host name, FQDN) as printable text, whatever the codec gives."""
-    if value is None:
+def _text(value: str | None) -> str:
+    """An option's text with unprintable characters removed, bounded."""
+    if not value:
         return ""
-    if isinstance(value, bytes | bytearray):
-        value = bytes(value).decode("ascii", "replace")
-    elif not isinstance(value, str):
-        value = getattr(value, "name", None) or getattr(value, "domain_name", None) or str(value)
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-    return "".join(ch for ch in str(value) if ch.isprintable())[:255]
+    return "".join(ch for ch in value if ch.isprintable())[:255]
+
+
+def _fqdn(msg: DhcpMessage) -> str:
+    """Option 81's name, "" when absent or malformed (it is only recorded)."""
+    raw = msg.client_fqdn
+    if raw is None:
+        return ""
+    try:
+        return _text(parse_client_fqdn(raw).name)
+    except DHCPError:
+        return ""
 
 
 class DhcpServer:
@@ -262,7 +266,7 @@ class DhcpServer:
     def _bind(self, msg: DhcpMessage, ip: IPv4Address, state: str) -> Deferred[DhcpReply | None]:
         mac = self._mac(msg)
         hostname = _text(msg.hostname)
-        fqdn = _text(msg.client_fqdn)
+        fqdn = _fqdn(msg)
 
         def bound(lease: Lease | None) -> DhcpReply:
             if lease is None:
@@ -336,26 +340,26 @@ class DhcpServer:
                with_lease: bool) -> DhcpReply:
         s = self.settings
         options: list[tuple[int, bytes]] = [
-            (_OPT_MESSAGE_TYPE, bytes([mtype])),
-            (_OPT_SERVER_ID, s.server_ip.packed),
+            (OPT_MESSAGE_TYPE, bytes([mtype])),
+            (OPT_SERVER_ID, s.server_ip.packed),
         ]
         if with_lease:
             options += [
-                (_OPT_LEASE_TIME, struct.pack("!I", s.lease_time)),
-                (_OPT_T1, struct.pack("!I", s.t1)),
-                (_OPT_T2, struct.pack("!I", s.t2)),
+                (OPT_LEASE_TIME, struct.pack("!I", s.lease_time)),
+                (OPT_RENEWAL_TIME, struct.pack("!I", s.t1)),
+                (OPT_REBINDING_TIME, struct.pack("!I", s.t2)),
             ]
         options += [
-            (_OPT_SUBNET_MASK, s.network.netmask.packed),
-            (_OPT_DNS, b"".join(ip.packed for ip in s.dns_servers)),
-            (_OPT_DOMAIN, s.domain.encode("ascii")),
-            (_OPT_MTU, struct.pack("!H", s.mtu)),
+            (OPT_SUBNET_MASK, s.network.netmask.packed),
+            (OPT_DNS, b"".join(ip.packed for ip in s.dns_servers)),
+            (OPT_DOMAIN_NAME, s.domain.encode("ascii")),
+            (OPT_INTERFACE_MTU, struct.pack("!H", s.mtu)),
         ]
         hostname = _text(msg.hostname)
         if hostname:
-            options.append((_OPT_HOSTNAME, hostname.encode("ascii", "replace")[:63]))
+            options.append((OPT_HOST_NAME, hostname.encode("ascii", "replace")[:63]))
         if msg.client_id:
-            options.append((_OPT_CLIENT_ID, bytes(msg.client_id)))
+            options.append((OPT_CLIENT_ID, bytes(msg.client_id)))
         reply = self._message(msg, yiaddr, tuple(options))
         self.counters.inc("dhcp_replies", type=TYPE_NAMES[mtype] if mtype != DHCPACK
                           or with_lease else "ack-inform")
@@ -363,12 +367,12 @@ class DhcpServer:
 
     def _nak(self, msg: DhcpMessage, text: str) -> DhcpReply:
         options: list[tuple[int, bytes]] = [
-            (_OPT_MESSAGE_TYPE, bytes([DHCPNAK])),
-            (_OPT_SERVER_ID, self.settings.server_ip.packed),
-            (_OPT_MESSAGE, text.encode("ascii")),
+            (OPT_MESSAGE_TYPE, bytes([DHCPNAK])),
+            (OPT_SERVER_ID, self.settings.server_ip.packed),
+            (OPT_MESSAGE, text.encode("ascii")),
         ]
         if msg.client_id:
-            options.append((_OPT_CLIENT_ID, bytes(msg.client_id)))
+            options.append((OPT_CLIENT_ID, bytes(msg.client_id)))
         self.counters.inc("dhcp_replies", type="nak")
         # RFC 2131 §4.1: with giaddr 0, a DHCPNAK is always broadcast.
         return DhcpReply(self._message(msg, ZERO, tuple(options), keep_ciaddr=False),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -48,13 +49,16 @@ class IPacketSink(Interface):
 
 @implementer(IPacketSink)
 class UnroutedSink:
-    """Until the IP router exists: count and drop."""
+    """Until the IP router exists: count and drop (logged via C{drops})."""
 
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: Counters, drops: DropLog | None = None) -> None:
         self.counters = counters
+        self.drops = drops
 
     def packet_from_host(self, packet: IPv4Packet, frame: EthernetFrame) -> None:
         self.counters.inc("frames_dropped", reason="not-routed-yet")
+        if self.drops is not None:
+            self.drops.dropped("not-routed-yet", f"{packet.src} -> {packet.dst}")
 
 
 def reply_frame(reply: DhcpReply, router_mac: bytes, server_ip: IPv4Address) -> bytes:
@@ -67,6 +71,34 @@ def reply_frame(reply: DhcpReply, router_mac: bytes, server_ip: IPv4Address) -> 
     return build_ethernet(EthernetFrame(reply.dst_mac, router_mac, ETH_P_IP, ip))
 
 
+class DropLog:
+    """
+    Logs drops by reason, at most once per C{interval} seconds per reason
+    (with how many were not logged): a host chatty with IPv6 multicast must
+    not flood the log, yet every reason shows up.  Counters count them all.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def dropped(self, reason: str, detail: str = "") -> None:
+        now = self.clock.seconds()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        quiet = self._quiet.pop(reason, 0)
+        self.log.info("frame from the host dropped: {reason}{detail}{more}", reason=reason,
+                      detail=f" ({detail})" if detail else "",
+                      more=f" (+{quiet} more since last logged)" if quiet else "")
+
+
 class FrameDispatcher:
     """Parses frames from the host and routes them to their part."""
 
@@ -74,7 +106,8 @@ class FrameDispatcher:
 
     def __init__(self, router_mac: bytes, server_ip: IPv4Address, arp: ArpResponder,
                  dhcp: DhcpServer, sink: IPacketSink, send: Callable[[bytes], None],
-                 counters: Counters) -> None:
+                 counters: Counters, clock: IReactorTime) -> None:
+        self.drops = DropLog(clock)
         self.router_mac = router_mac
         self.server_ip = server_ip
         self.arp = arp
@@ -85,12 +118,12 @@ class FrameDispatcher:
 
     def _drop(self, reason: str, detail: str = "") -> None:
         self.counters.inc("frames_dropped", reason=reason)
-        self.log.debug("frame dropped: {reason} {detail}", reason=reason, detail=detail)
+        self.drops.dropped(reason, detail)
 
     def _bad(self, layer: str, error: CodecError) -> None:
         self.counters.inc("frames_dropped", reason=f"bad-{layer}")
         self.counters.inc("malformed", layer=layer, reason=error.reason)
-        self.log.info("malformed {layer} dropped: {error}", layer=layer, error=error)
+        self.drops.dropped(f"bad-{layer}", f"{error.reason}: {error}")
 
     def frame_received(self, data: bytes) -> None:
         """Handle one frame; never raises for bad input."""

@@ -24,7 +24,7 @@ from wow.dhcp.server import DhcpServer, ServerSettings
 from wow.metrics import Counters
 from wow.node.config import NodeConfig
 from wow.nic.arp import ArpResponder
-from wow.nic.dispatch import FrameDispatcher, IPacketSink, UnroutedSink
+from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
 from wow.nic.tap import ITapDevice, ITapSyscalls, PytunSyscalls, TapError, TapPort, \
     load_host_mac, router_mac_for
 from wow.util.fatal import fatal
@@ -47,7 +47,7 @@ class NicService(Service):
         self.reactor = reactor
         self.counters = counters
         self.syscalls: ITapSyscalls = syscalls or PytunSyscalls()
-        self.sink: IPacketSink = sink or UnroutedSink(counters)
+        self.sink: IPacketSink = sink or UnroutedSink(counters, DropLog(reactor))
         self.allocator = allocator
         self.router_mac = router_mac_for(config.tap.name, config.tap.router_mac)
         self.host_mac: bytes | None = None
@@ -108,7 +108,8 @@ class NicService(Service):
                            self.server.is_local, self.counters)
         self.port = TapPort(self.device, self._frame_received, self.counters, self.reactor)
         self.dispatcher = FrameDispatcher(self.router_mac, settings.server_ip, arp, self.server,
-                                          self.sink, self.port.write_frame, self.counters)
+                                          self.sink, self.port.write_frame, self.counters,
+                                          self.reactor)
         self.port.startReading()
         self.log.info(
             "wow-node ready: tap {tap} mtu {mtu} subnet {subnet} gateway {gw} "

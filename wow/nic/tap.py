@@ -76,7 +76,7 @@ def check_tap_prerequisites(name: str, *, euid: int | None = None,
     @raise TapError: not root, no tun driver, C{name} taken by a non-TAP.
     """
     if (os.geteuid() if euid is None else euid) != 0:
-        raise TapError(f"wow-node must run as root to create the TAP device {name}")
+        raise TapError(f"must run as root to create the TAP device {name}")
     if not os.path.exists(tun_path):
         raise TapError(f"{tun_path} does not exist (load the tun kernel module: modprobe tun)")
     existing = os.path.join(sys_class_net, name)

@@ -16,102 +16,44 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.netns import HERE, Lab, skip_reason
-from wow.control.client import call
-from wow.demo.clients import dhclient_argv, udhcpc_argv
+from wow.demo.topology import UDHCPC_EVENTS, Lease, NodeSite
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 SKIP = skip_reason("dhclient", "busybox", "arping")
-
-
-class NodeLab:
-    """One namespace with a wow-node on TAP C{tap}, state in the lab workdir."""
-
-    def __init__(self, test: SynchronousTestCase, lease_time: int = 3600) -> None:
-        self.lab = Lab(tag="n")
-        test.addCleanup(self.lab.teardown)
-        self.ns = self.lab.netns("ns")
-        self.tap = self.lab.name("t")
-        self.state = os.path.join(self.lab.workdir, "state")
-        self.config = os.path.join(self.lab.workdir, "node.toml")
-        with open(self.config, "w") as f:
-            f.write(f"[dhcp]\nlease_time = {lease_time}\n")
-        self.node: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def start(self) -> subprocess.Popen[bytes]:
-        self.runs += 1
-        self.node = self.lab.twistd(self.ns, "wow-node", [
-            "--config", self.config, "--tap", self.tap, "--state-dir", self.state,
-        ], f"node{self.runs}")
-        self.lab.wait_for_log(self.node, f"wow-node ready: tap {self.tap}")
-        return self.node
-
-    def stop(self) -> None:
-        assert self.node is not None
-        code = self.lab.stop(self.node)
-        # twistd shuts down cleanly, then re-raises SIGTERM to report it.
-        assert code in (0, -signal.SIGTERM), f"wow-node exited with {code}"
-
-    def control(self, command: str) -> Any:
-        return call(os.path.join(self.state, "control.sock"), command)
-
-    def leases(self) -> list[dict[str, Any]]:
-        return self.control("leases")  # type: ignore[no-any-return]
-
-    def counter(self, name: str, label: str = "") -> float:
-        return float(self.control("counters").get(name, {}).get(label, 0))
-
-    def addresses(self) -> list[str]:
-        out = self.lab.ns_run(self.ns, "ip", "-4", "-o", "addr", "show", "dev", self.tap)
-        return [line.split()[3].split("/")[0] for line in out.stdout.decode().splitlines()]
-
-    def events(self, name: str) -> str:
-        path = os.path.join(self.lab.workdir, name)
-        if not os.path.exists(path):
-            return ""
-        with open(path) as f:
-            return f.read()
-
-    def wait_event(self, log: str, word: str, count: int = 1, timeout: float = 30) -> None:
-        self.lab.wait_until(
-            lambda: sum(line.split(" ")[0] == word for line in self.events(log).splitlines())
-            >= count, timeout=timeout, what=f"{count} x {word} in {log}")
 
 
 class DhcpClientsTests(SynchronousTestCase):
     if SKIP:
         skip = SKIP
 
+    def site(self, **kw: Any) -> NodeSite:
+        lab = Lab(tag="n")
+        self.addCleanup(lab.teardown)
+        return NodeSite(lab, **kw)
+
     def test_dhclient_lease_renew_arping_release_restart(self) -> None:
-        n = NodeLab(self, lease_time=10)
+        n = self.site(lease_time=10)
         n.start()
-        client = n.lab.spawn(n.ns, dhclient_argv(n.tap, n.lab.workdir), "dhclient")
-        n.wait_event("dhclient-events.log", "BOUND")
-        (lease,) = n.leases()
-        ip = lease["ip"]
-        self.assertEqual(lease["hostname"], "wowdemo")
-        self.assertEqual(n.addresses(), [ip])
-        bound = [line for line in n.events("dhclient-events.log").splitlines()
-                 if line.startswith("BOUND")][0].split()
-        # ip, mask, DNS, domain, lease time, MTU as the client saw them.
-        self.assertEqual(bound[1:], [ip, "255.255.0.0", "10.128.0.1", "wow", "10", "1360"])
+        client = n.dhclient()
+        lease = n.lease(n.wait_event("BOUND"))
+        # ip, mask, DNS, domain, lease time, MTU as the client applied them.
+        self.assertEqual(lease, Lease(lease.ip, "255.255.0.0", "10.128.0.1", "wow", "10", "1360"))
+        (record,) = n.leases()
+        self.assertEqual((record["ip"], record["hostname"]), (lease.ip, "wowdemo"))
+        self.assertEqual(n.addresses(), [lease.ip + "/16"])
 
         # T1 = 5 s: the client renews (unicast) and the node ACKs it.
-        n.wait_event("dhclient-events.log", "RENEW", timeout=20)
+        n.wait_event("RENEW", timeout=20)
         self.assertGreaterEqual(n.counter("dhcp_acks", "state=renewing"), 1)
-        self.assertEqual(n.addresses(), [ip])
+        self.assertEqual(n.addresses(), [lease.ip + "/16"])
 
         # arping another virtual address: the router MAC answers.
         router_mac = n.control("status")["nic"]["router_mac"]
         out = n.lab.ns_run(n.ns, "arping", "-c", "1", "-w", "5", "-I", n.tap, "10.128.77.77")
         self.assertIn(router_mac.upper(), out.stdout.decode())
 
-        # Release (dhclient -r signals the running client and sends DHCPRELEASE).
-        work = n.lab.workdir
-        n.lab.ns_run(n.ns, "dhclient", "-r", "-cf", os.path.join(work, "dhclient.conf"),
-                     "-sf", os.path.join(work, "dhclient-hook"),
-                     "-pf", os.path.join(work, "dhclient.pid"),
-                     "-lf", os.path.join(work, "dhclient.leases"), n.tap, timeout=30)
+        # Release: the node frees the address.
+        n.dhclient_release()
         n.lab.wait_until(lambda: n.leases() == [], timeout=10, what="lease released")
         self.assertEqual(n.counter("dhcp_releases"), 1)
         n.lab.stop(client)
@@ -119,15 +61,15 @@ class DhcpClientsTests(SynchronousTestCase):
         # Restart the node: the same host (same TAP MAC) gets the same address,
         # even with a fresh client lease file (a plain DISCOVER).
         n.stop()
-        os.unlink(os.path.join(work, "dhclient.leases"))
+        os.unlink(os.path.join(n.workdir, "dhclient.leases"))
         n.start()
-        n.lab.spawn(n.ns, dhclient_argv(n.tap, n.lab.workdir), "dhclient2")
-        n.wait_event("dhclient-events.log", "BOUND", count=2)
-        self.assertEqual([lease["ip"] for lease in n.leases()], [ip])
-        self.assertEqual(n.addresses(), [ip])
+        n.dhclient("dhclient2")
+        self.assertEqual(n.lease(n.wait_event("BOUND", count=2)).ip, lease.ip)
+        self.assertEqual([r["ip"] for r in n.leases()], [lease.ip])
+        self.assertEqual(n.addresses(), [lease.ip + "/16"])
 
     def test_udhcpc_lease_release_and_malformed_frames(self) -> None:
-        n = NodeLab(self)
+        n = self.site()
         n.start()
         # Garbage straight onto the TAP from the host side (a raw packet socket).
         n.lab.ns_run(n.ns, sys.executable, "-c", RAW_SENDER, n.tap)
@@ -137,16 +79,34 @@ class DhcpClientsTests(SynchronousTestCase):
                          timeout=10, what="malformed frames counted")
         self.assertGreaterEqual(n.counter("frames_dropped", "reason=bad-udp"), 1)
         # ...and the node keeps serving.
-        client = n.lab.spawn(n.ns, udhcpc_argv(n.tap, n.lab.workdir), "udhcpc")
-        n.wait_event("udhcpc-events.log", "bound")
-        (lease,) = n.leases()
-        self.assertEqual(lease["hostname"], "wowudhcpc")
-        self.assertEqual(n.addresses(), [lease["ip"]])
+        client = n.udhcpc()
+        lease = n.lease(n.wait_event("bound", UDHCPC_EVENTS))
+        (record,) = n.leases()
+        self.assertEqual((record["ip"], record["hostname"]), (lease.ip, "wowudhcpc"))
+        self.assertEqual(n.addresses(), [lease.ip + "/16"])
         # SIGUSR2: udhcpc releases its lease.
-        os.kill(int(open(os.path.join(n.lab.workdir, "udhcpc.pid")).read()), signal.SIGUSR2)
+        with open(os.path.join(n.workdir, "udhcpc.pid")) as f:
+            os.kill(int(f.read()), signal.SIGUSR2)
         n.lab.wait_until(lambda: n.leases() == [], timeout=10, what="lease released")
         n.lab.stop(client)
         self.assertTrue(n.node is not None and n.node.poll() is None)
+
+    def test_bridge_of_vms_each_get_their_own_lease(self) -> None:
+        n = self.site()
+        n.start()
+        br = n.lab.bridge(n.ns, "br")
+        n.lab.ns_run(n.ns, "ip", "link", "set", n.tap, "master", br)
+        ips = []
+        for i in (1, 2):
+            vm = n.lab.netns(f"vm{i}")
+            inside, outside = n.lab.veth(vm, n.ns, f"v{i}")
+            n.lab.ns_run(n.ns, "ip", "link", "set", outside, "master", br)
+            work = os.path.join(n.lab.workdir, f"vm{i}")
+            n.udhcpc(ns=vm, dev=inside, workdir=work)
+            ips.append(n.lease(n.wait_event("bound", UDHCPC_EVENTS, workdir=work)).ip)
+        self.assertEqual(len(set(ips)), 2)
+        self.assertEqual(sorted(r["ip"] for r in n.leases()), sorted(ips))
+        self.assertEqual(len({r["mac"] for r in n.leases()}), 2)
 
 
 #: Sent from inside the namespace: malformed frames of every layer.

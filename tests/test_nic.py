@@ -208,6 +208,7 @@ class NicServiceTests(SynchronousTestCase):
         self.device.inject(frame)
         assert self.nic.port is not None
         self.nic.port.doRead()
+        self.reactor.advance(0)  # the lease file's group commit
         return self.device.written[before:]
 
     def lease(self, mac: bytes) -> IPv4Address:

@@ -93,6 +93,7 @@ class NicService(Service):
             net.gateway_address, self.reactor, self.counters,
             pool_start=IPv4Address(dhcp.pool_start) if dhcp.pool_start else None,
             pool_end=IPv4Address(dhcp.pool_end) if dhcp.pool_end else None,
+            group_commit=True,
         )
 
     def startService(self) -> None:

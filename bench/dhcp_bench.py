@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -261,7 +260,8 @@ def main() -> int:
         return 0
     d, t, p = results["dhcp"], results["tap"], results["in_process"]
     print(f"DHCP over the TAP: {d['leases_per_s']} leases/s ({d['leases']} clients, "
-          f"window {args.window}, lost {d['lost']} in {d['stalls']} stalls; handshake p50 {d['handshake_ms_p50']} ms, "
+          f"window {args.window}, lost {d['lost']} in {d['stalls']} stalls; "
+          f"handshake p50 {d['handshake_ms_p50']} ms, "
           f"p99 {d['handshake_ms_p99']} ms)")
     print(f"TAP read+answer+write (ARP): {t['replies_per_s']} frames/s "
           f"({t['replies']} replies in {t['seconds']} s, window {args.window})")

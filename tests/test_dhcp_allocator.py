@@ -46,7 +46,8 @@ class AllocatorTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAllocator, self.make()))
 
     def test_default_pool_skips_network_broadcast_gateway(self) -> None:
-        self.assertEqual(default_pool(NET, GW), (IPv4Address("10.9.0.2"), IPv4Address("10.9.0.254")))
+        self.assertEqual(default_pool(NET, GW),
+                         (IPv4Address("10.9.0.2"), IPv4Address("10.9.0.254")))
         self.assertEqual(default_pool(NET, IPv4Address("10.9.0.254")),
                          (IPv4Address("10.9.0.1"), IPv4Address("10.9.0.253")))
 

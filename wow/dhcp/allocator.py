@@ -211,7 +211,7 @@ class LocalAllocator:
         d: Deferred[Any] = Deferred()
         self._waiting.append((d, value))
         if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)  # type: ignore[attr-defined]
+            self._flush_call = self.clock.callLater(0, self._flush)
         return d
 
     def _flush(self) -> None:
@@ -220,7 +220,7 @@ class LocalAllocator:
         try:
             self._save()
         except Exception:
-            failure = Failure()
+            failure = Failure()  # type: ignore[no-untyped-call]
             for d, _ in waiting:
                 d.errback(failure)
             return

@@ -82,9 +82,7 @@ def parse_arp(data: bytes | bytearray | memoryview) -> ArpPacket:
         addresses of lengths 6 and 4.
     """
     if len(data) < ARP_LEN:
-        raise ArpError(
-            f"ARP packet of {len(data)} bytes is shorter than 28 bytes.", "truncated"
-        )
+        raise ArpError(f"ARP packet of {len(data)} bytes is shorter than 28 bytes.", "truncated")
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(data)
     if htype != HTYPE_ETHERNET or hlen != 6:
         raise ArpError(

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from wow.net.addresses import ipv4_from_bytes
 from wow.net.errors import ArpError
 
 ARP_REQUEST = 1
@@ -94,7 +95,7 @@ def parse_arp(data: bytes | bytearray | memoryview) -> ArpPacket:
             f"ARP protocol type {ptype:#06x} with address length {plen} is not IPv4.",
             "unsupported-protocol",
         )
-    return ArpPacket(op, sha, IPv4Address(spa), tha, IPv4Address(tpa))
+    return ArpPacket(op, sha, ipv4_from_bytes(spa), tha, ipv4_from_bytes(tpa))
 
 
 def build_arp(packet: ArpPacket) -> bytes:

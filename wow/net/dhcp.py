@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from wow.net.addresses import ipv4_from_bytes
 from wow.net.errors import DHCPError
 
 SERVER_PORT = 67
@@ -187,7 +188,7 @@ class DhcpMessage:
 
     def _address(self, code: int) -> IPv4Address | None:
         value = self.option(code)
-        return None if value is None else IPv4Address(value)
+        return None if value is None else ipv4_from_bytes(value)
 
     def _u32(self, code: int) -> int | None:
         value = self.option(code)
@@ -360,10 +361,10 @@ def parse_dhcp(data: bytes | bytearray | memoryview) -> DhcpMessage:
         xid=xid,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=ipv4_from_bytes(ciaddr),
+        yiaddr=ipv4_from_bytes(yiaddr),
+        siaddr=ipv4_from_bytes(siaddr),
+        giaddr=ipv4_from_bytes(giaddr),
         chaddr=chaddr[:hlen],
         sname=sname.rstrip(b"\x00"),
         file=file.rstrip(b"\x00"),

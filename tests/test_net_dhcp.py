@@ -240,6 +240,41 @@ class OverloadTests(SynchronousTestCase):
                 parse_dhcp(with_fields(options=bytes.fromhex(options)))
             self.assertEqual(cm.exception.reason, "bad-overload", options)
 
+    def test_build_overloads_file_when_needed(self) -> None:
+        """A reply too big for the client's limit continues in the file field."""
+        options = ((53, b"\x05"), (224, bytes(200)), (225, bytes(90)), (226, b"x" * 50))
+        msg = DhcpMessage(op=BOOTREPLY, options=options)
+        self.assertEqual(len(build_dhcp(msg)), 240 + 3 + 202 + 92 + 52 + 1)
+        data = build_dhcp(msg, max_size=548)  # 576-byte datagram minus IP and UDP headers
+        self.assertLessEqual(len(data), 548)
+        self.assertEqual(data[240:243], b"\x34\x01\x01")
+        self.assertEqual(data[108:110], b"\xe2\x32")  # option 226 starts the file field
+        self.assertEqual(data[44:108], bytes(64))
+        self.assertEqual(parse_dhcp(data), msg)
+
+    def test_build_overloads_file_and_sname(self) -> None:
+        options = ((224, bytes(150)), (225, bytes(120)), (226, bytes(50)), (12, b"last"))
+        msg = DhcpMessage(op=BOOTREPLY, options=options)
+        data = build_dhcp(msg, max_size=400)
+        self.assertLessEqual(len(data), 400)
+        self.assertEqual(data[240:243], b"\x34\x01\x03")
+        self.assertEqual(data[108:110], b"\xe1\x78")  # file holds option 225
+        self.assertEqual(data[44:46], b"\xe2\x32")  # sname holds option 226 and 12
+        self.assertEqual(parse_dhcp(data), msg)
+        self.assertEqual(parse_dhcp(data).hostname, "last")
+
+    def test_build_overload_refusals(self) -> None:
+        big = DhcpMessage(options=((224, bytes(255)), (225, bytes(255))))
+        for msg, size in [
+            (big, 300),  # 257 bytes cannot go into file or sname
+            (replace(big, file=b"boot"), 400),  # file already in use
+            (big, 299),  # below the BOOTP minimum
+        ]:
+            with self.assertRaises(DHCPError) as cm:
+                build_dhcp(msg, max_size=size)
+            self.assertEqual(cm.exception.reason, "too-long")
+        self.assertEqual(len(build_dhcp(big, max_size=755)), 755)
+
     def test_build_refuses_overload_option(self) -> None:
         msg = DhcpMessage(options=((52, b"\x01"),))
         self.assertRaises(DHCPError, build_dhcp, msg)
@@ -488,6 +523,35 @@ class PropertyTests(SynchronousTestCase):
     @given(messages())
     def test_round_trip(self, msg: DhcpMessage) -> None:
         self.assertEqual(parse_dhcp(build_dhcp(msg)), msg)
+
+    @given(
+        messages(),
+        st.lists(
+            st.tuples(st.integers(224, 254), st.binary(min_size=10, max_size=60)),  # site-specific
+            min_size=4,
+            max_size=16,
+        ),
+        st.booleans(),
+        st.integers(300, 600),
+    )
+    def test_round_trip_with_size_limit(
+        self,
+        msg: DhcpMessage,
+        more: list[tuple[int, bytes]],
+        fields_free: bool,
+        max_size: int,
+    ) -> None:
+        """Within a size limit (overloading if needed) or refused as too long."""
+        msg = replace(msg, options=msg.options + tuple(more))
+        if fields_free:
+            msg = replace(msg, sname=b"", file=b"")
+        try:
+            data = build_dhcp(msg, max_size=max_size)
+        except DHCPError as e:
+            self.assertEqual(e.reason, "too-long")
+            return
+        self.assertLessEqual(len(data), max(max_size, 300))
+        self.assertEqual(parse_dhcp(data), msg)
 
     @given(st.lists(st.tuples(st.sampled_from([60, 61, 224]), st.binary(max_size=700)), max_size=3))
     def test_long_values_round_trip(self, options: list[tuple[int, bytes]]) -> None:

@@ -560,6 +560,21 @@ class PropertyTests(SynchronousTestCase):
         for code, _ in options:
             self.assertEqual(msg.option(code), b"".join(v for c, v in options if c == code))
 
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, len(UDHCPC_DISCOVER) - 1), st.integers(0, 255)), max_size=4
+        )
+    )
+    def test_mutated_real_message(self, changes: list[tuple[int, int]]) -> None:
+        data = bytearray(UDHCPC_DISCOVER)
+        for index, value in changes:
+            data[index] = value
+        try:
+            msg = parse_dhcp(bytes(data))
+        except DHCPError:
+            return
+        _check_parsed(self, msg)
+
     @given(st.binary(max_size=400))
     def test_arbitrary_bytes(self, data: bytes) -> None:
         try:

@@ -24,11 +24,9 @@ packets = st.builds(
 
 # "Who has 10.0.0.1? Tell 10.0.0.2", as Linux sends it, with the 18 bytes of
 # padding a real wire adds to reach the 60-byte minimum frame.
-REQUEST = bytes.fromhex(
-    "0001" "0800" "06" "04" "0001"
-    "525400123456" "0a000002"
-    "000000000000" "0a000001"
-) + bytes(18)
+REQUEST = bytes.fromhex("0001 0800 06 04 0001 525400123456 0a000002 000000000000 0a000001") + bytes(
+    18
+)
 
 
 class ArpTests(SynchronousTestCase):

@@ -34,8 +34,7 @@ frames = st.builds(
 
 # An ARP request as it appears on a TAP: broadcast, no padding.
 ARP_FRAME = bytes.fromhex(
-    "ffffffffffff" "525400123456" "0806"
-    "0001080006040001" "525400123456" "0a000002" "000000000000" "0a000001"
+    "ffffffffffff 525400123456 0806 0001080006040001 525400123456 0a000002 000000000000 0a000001"
 )
 
 
@@ -52,7 +51,7 @@ class EthernetTests(SynchronousTestCase):
 
     def test_parse_vlan_tagged(self) -> None:
         """An 802.1Q tag (priority 5, VLAN 100) is taken off and kept."""
-        data = bytes.fromhex("020000000001020000000002" "8100a064" "86dd") + b"payload"
+        data = bytes.fromhex("020000000001020000000002 8100a064 86dd") + b"payload"
         frame = parse_ethernet(data)
         self.assertEqual(frame.ethertype, ETH_P_IPV6)
         self.assertEqual(frame.vlan, 0xA064)

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from wow.net.addresses import ipv4_from_bytes
 from wow.net.errors import ArpError
 
 ARP_REQUEST = 1
@@ -82,9 +83,7 @@ def parse_arp(data: bytes | bytearray | memoryview) -> ArpPacket:
         addresses of lengths 6 and 4.
     """
     if len(data) < ARP_LEN:
-        raise ArpError(
-            f"ARP packet of {len(data)} bytes is shorter than 28 bytes.", "truncated"
-        )
+        raise ArpError(f"ARP packet of {len(data)} bytes is shorter than 28 bytes.", "truncated")
     htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(data)
     if htype != HTYPE_ETHERNET or hlen != 6:
         raise ArpError(
@@ -96,7 +95,7 @@ def parse_arp(data: bytes | bytearray | memoryview) -> ArpPacket:
             f"ARP protocol type {ptype:#06x} with address length {plen} is not IPv4.",
             "unsupported-protocol",
         )
-    return ArpPacket(op, sha, IPv4Address(spa), tha, IPv4Address(tpa))
+    return ArpPacket(op, sha, ipv4_from_bytes(spa), tha, ipv4_from_bytes(tpa))
 
 
 def build_arp(packet: ArpPacket) -> bytes:

@@ -20,9 +20,9 @@ def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
     (one's-complement "positive zero"), and 0xFFFF for any other sum that is a
     multiple of 0xFFFF.
     """
-    if len(data) % 2:
-        data = bytes(data) + b"\x00"
     n = int.from_bytes(data, "big")
+    if len(data) % 2:
+        n <<= 8
     if n == 0:
         return 0
     s = n % 0xFFFF
@@ -41,11 +41,11 @@ def internet_checksum_parts(*parts: bytes | bytearray | memoryview) -> int:
     nonzero = False
     last = len(parts) - 1
     for i, part in enumerate(parts):
+        n = int.from_bytes(part, "big")
         if len(part) % 2:
             if i != last:
                 raise ValueError("only the last part may have an odd length")
-            part = bytes(part) + b"\x00"
-        n = int.from_bytes(part, "big")
+            n <<= 8
         if n:
             nonzero = True
             total += n % 0xFFFF

@@ -14,7 +14,8 @@ Choices where the RFCs leave room, made for unmodified OS clients:
     options.  Per RFC 3396 the areas are read in the order options, C{file},
     C{sname}.  The parsed message lists the options of all areas in that
     order, does not list option 52 itself, and reports an overloaded field as
-    C{b""}.  L{build_dhcp} never overloads, so option 52 cannot be given.
+    C{b""}.  L{build_dhcp} overloads only when given a C{max_size} the
+    options do not fit, and adds option 52 itself (it cannot be given).
   - Several instances of one option code are kept in order in
     L{DhcpMessage.options}; L{DhcpMessage.option} concatenates them (RFC
     3396).  L{build_dhcp} splits values longer than 255 bytes the same way.
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from wow.net.addresses import ipv4_from_bytes
 from wow.net.errors import DHCPError
 
 SERVER_PORT = 67
@@ -187,7 +189,7 @@ class DhcpMessage:
 
     def _address(self, code: int) -> IPv4Address | None:
         value = self.option(code)
-        return None if value is None else IPv4Address(value)
+        return None if value is None else ipv4_from_bytes(value)
 
     def _u32(self, code: int) -> int | None:
         value = self.option(code)
@@ -360,10 +362,10 @@ def parse_dhcp(data: bytes | bytearray | memoryview) -> DhcpMessage:
         xid=xid,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=ipv4_from_bytes(ciaddr),
+        yiaddr=ipv4_from_bytes(yiaddr),
+        siaddr=ipv4_from_bytes(siaddr),
+        giaddr=ipv4_from_bytes(giaddr),
         chaddr=chaddr[:hlen],
         sname=sname.rstrip(b"\x00"),
         file=file.rstrip(b"\x00"),
@@ -394,31 +396,70 @@ def _check_option_lengths(options: Options) -> None:
         parse_client_fqdn(fqdn)
 
 
-def _encode_options(options: Iterable[tuple[int, bytes]], out: bytearray) -> None:
+def _encode_options(options: Iterable[tuple[int, bytes]]) -> list[bytes]:
+    """
+    Encode C{options} as a list of wire instances, splitting values over 255
+    bytes into several instances of the same code (RFC 3396).
+    """
+    encoded: list[bytes] = []
     for code, value in options:
         if not 1 <= code <= 254 or code == OPT_OVERLOAD:
             raise DHCPError(f"DHCP option code {code} cannot be encoded.", "bad-option")
         if len(value) <= 255:
-            out.append(code)
-            out.append(len(value))
-            out += value
+            encoded.append(bytes((code, len(value))) + value)
             continue
         for i in range(0, len(value), 255):
             chunk = value[i : i + 255]
-            out.append(code)
-            out.append(len(chunk))
-            out += chunk
+            encoded.append(bytes((code, len(chunk))) + chunk)
+    return encoded
 
 
-def build_dhcp(message: DhcpMessage) -> bytes:
+def _overload(encoded: list[bytes], room: int) -> tuple[bytes, bytes, bytes]:
+    """
+    Spread option instances over the options area (C{room} bytes before End),
+    then C{file}, then C{sname}, keeping their order so that RFC 3396
+    concatenation sees them as they were given.
+
+    @return: the options area (starting with option 52), the C{file} and
+        C{sname} fields (each End-terminated and NUL-padded when used), and
+        the overload value.
+    @raise DHCPError: the instances do not fit all three areas.
+    """
+    areas = [bytearray(), bytearray(), bytearray()]
+    # Each area keeps one byte for its End option.
+    rooms = [room, 128 - 1, 64 - 1]
+    current = 0
+    for item in encoded:
+        while len(areas[current]) + len(item) > rooms[current]:
+            current += 1
+            if current == len(areas):
+                raise DHCPError(
+                    "DHCP options do not fit the message size, even overloading file and sname.",
+                    "too-long",
+                )
+        areas[current] += item
+    used = current
+    overload = OVERLOAD_FILE if used == 1 else OVERLOAD_BOTH
+    options = bytes((OPT_OVERLOAD, 1, overload)) + areas[0]
+    file = bytes(areas[1] + b"\xff").ljust(128, b"\x00")
+    sname = bytes(areas[2] + b"\xff").ljust(64, b"\x00") if used == 2 else b""
+    return options, file, sname
+
+
+def build_dhcp(message: DhcpMessage, max_size: int | None = None) -> bytes:
     """
     Encode C{message}: options in order (values over 255 bytes split into
     several instances, RFC 3396), then End, then Pad up to the 300-byte BOOTP
     minimum.
 
+    @param max_size: the largest DHCP message (UDP payload) the receiver
+        accepts, e.g. its option 57 minus 28 bytes of IP and UDP headers.
+        When the options do not fit, they continue in the C{file} field and
+        then the C{sname} field (option overload, RFC 2131 section 4.1),
+        which must then be empty in C{message}.  C{None}: no limit.
     @raise DHCPError: a field is out of range, C{chaddr} is not C{hlen}
-        bytes, C{sname}/C{file} are too long, or an option code is 0, 52 or
-        255.
+        bytes, C{sname}/C{file} are too long, an option code is 0, 52 or
+        255, or the options do not fit C{max_size} (reason C{"too-long"}).
     """
     m = message
     if m.op != BOOTREQUEST and m.op != BOOTREPLY:
@@ -435,6 +476,22 @@ def build_dhcp(message: DhcpMessage) -> bytes:
         and 0 <= m.flags <= 0xFFFF
     ):
         raise DHCPError("A DHCP header field is out of range.", "bad-field")
+    if max_size is not None and max_size < MIN_MESSAGE_LEN:
+        raise DHCPError(
+            f"A maximum message size of {max_size} is below the BOOTP minimum of 300.",
+            "too-long",
+        )
+    encoded = _encode_options(m.options)
+    options = b"".join(encoded)
+    sname, file = m.sname, m.file
+    if max_size is not None and FIXED_LEN + len(options) + 1 > max_size:
+        if sname or file:
+            raise DHCPError(
+                "DHCP options do not fit the message size and sname/file are in use.",
+                "too-long",
+            )
+        # Room in the options area: minus option 52 (3 bytes) and End.
+        options, file, sname = _overload(encoded, max_size - FIXED_LEN - 3 - 1)
     out = bytearray(
         _FIXED.pack(
             m.op,
@@ -449,12 +506,12 @@ def build_dhcp(message: DhcpMessage) -> bytes:
             m.siaddr.packed,
             m.giaddr.packed,
             m.chaddr,
-            m.sname,
-            m.file,
+            sname,
+            file,
             MAGIC_COOKIE,
         )
     )
-    _encode_options(m.options, out)
+    out += options
     out.append(OPT_END)
     if len(out) < MIN_MESSAGE_LEN:
         out += bytes(MIN_MESSAGE_LEN - len(out))

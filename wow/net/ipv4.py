@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from wow.net.addresses import ipv4_from_bytes
 from wow.net.checksum import internet_checksum
 from wow.net.errors import IPv4Error
 
@@ -127,8 +128,8 @@ def parse_ipv4(data: bytes | bytearray | memoryview, verify_checksum: bool = Tru
     if options:
         _check_options(options)
     return IPv4Packet(
-        src=IPv4Address(src),
-        dst=IPv4Address(dst),
+        src=ipv4_from_bytes(src),
+        dst=ipv4_from_bytes(dst),
         proto=proto,
         payload=bytes(data[header_len:total_len]),
         ttl=ttl,

@@ -146,11 +146,15 @@ class StartupFailureTests(SynchronousTestCase):
     if SKIP:
         skip = SKIP
 
-    def run_node(self, lab: Lab, ns: str, *args: str) -> tuple[int, str]:
+    def run_node(self, lab: Lab, ns: str, *args: str, hide_tun: bool = False
+                 ) -> tuple[int, str]:
         pidfile = os.path.join(lab.workdir, f"fail-{time.monotonic_ns()}.pid")
         env = dict(os.environ, PYTHONPATH=HERE)
-        result = subprocess.run(lab.ns_argv(ns, [*TWISTD, "-n", "--pidfile", pidfile,
-                                                 "wow-node", *args]),
+        argv = [*TWISTD, "-n", "--pidfile", pidfile, "wow-node", *args]
+        if hide_tun:
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs none /dev/net && exec "$@"', "sh", *argv]
+        result = subprocess.run(lab.ns_argv(ns, argv),
                                 capture_output=True, timeout=60, cwd=HERE, env=env)
         return result.returncode, result.stderr.decode()
 
@@ -179,6 +183,11 @@ class StartupFailureTests(SynchronousTestCase):
         code, err = self.run_node(lab, ns, "--tap", tap, "--state-dir", state + "2")
         self.assertOneSentence(code, err, f"the TAP device {tap} is in use by another process")
         lab.stop(first)
+
+        # No /dev/net/tun: hide it behind an empty tmpfs in a private mount namespace.
+        code, err = self.run_node(lab, ns, "--tap", tap, "--state-dir", state,
+                                  hide_tun=True)
+        self.assertOneSentence(code, err, "/dev/net/tun does not exist")
 
         code, err = self.run_node(lab, ns, "--tap", "x" * 16, "--state-dir", state)
         self.assertOneSentence(code, err, "must be 1 to 15 characters long")

@@ -282,8 +282,10 @@ class DhcpServer:
                           lease=self.settings.lease_time)
             return self._reply(msg, DHCPACK, lease.ip, with_lease=True)
 
-        return maybeDeferred(self.allocator.commit, mac, msg.client_id, ip,
-                             self.settings.lease_time, hostname, fqdn).addCallback(bound)
+        method = self.allocator.renew if state in ("renewing", "rebinding") \
+            else self.allocator.commit
+        return maybeDeferred(method, mac, msg.client_id, ip, self.settings.lease_time,
+                             hostname, fqdn).addCallback(bound)
 
     def _release(self, msg: DhcpMessage, to_broadcast: bool) -> Deferred[DhcpReply | None]:
         if msg.server_id is not None and msg.server_id != self.settings.server_ip:

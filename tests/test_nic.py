@@ -187,6 +187,22 @@ class TapPortTests(SynchronousTestCase):
         self.assertEqual(device.written, [b"y" * 60])
         self.assertEqual(counters.get("frames_dropped", reason="tap-write-error"), 1)
 
+    def test_read_error_stops_reading(self) -> None:
+        device = FakeTapDevice("t0", 1500, HOST)
+        reactor = MemoryReactorClock()
+        counters = Counters()
+        port = TapPort(device, lambda frame: None, counters, reactor)
+        port.startReading()
+        self.assertIn(port, reactor.getReaders())
+
+        def broken(size: int) -> bytes:
+            raise OSError(errno.EBADFD, "File descriptor in bad state")
+
+        device.read = broken  # type: ignore[method-assign]
+        port.doRead()
+        self.assertNotIn(port, reactor.getReaders())
+        self.assertEqual(counters.get("tap_errors", reason="read"), 1)
+
     def test_handler_error_does_not_stop_draining(self) -> None:
         device = FakeTapDevice("t0", 1500, HOST)
         counters = Counters()

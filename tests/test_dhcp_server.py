@@ -195,6 +195,16 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual((ack.dst_mac, ack.dst_ip), (A, ip))
         self.assertEqual(self.successResultOf(self.allocator.leases()), [])
 
+    def test_invalid_host_name_not_recorded_nor_echoed(self) -> None:
+        offer = self.send(DHCPDISCOVER)
+        assert offer is not None
+        ack = self.send(DHCPREQUEST, requested=offer.message.yiaddr, server=GW,
+                        hostname="bad name;rm -rf")
+        assert ack is not None
+        self.assertIsNone(ack.message.hostname)
+        self.assertEqual(self.successResultOf(self.allocator.lookup(A, None)).hostname, "")
+        self.assertEqual(self.counters.get("dhcp_bad_hostname"), 1)
+
     def test_several_clients_get_their_own_lease(self) -> None:
         ips = {self.bind(bytes([2, 0, 0, 0, 1, i])) for i in range(20)}
         self.assertEqual(len(ips), 20)

@@ -67,10 +67,16 @@ class DhcpClientsTests(SynchronousTestCase):
         n.stop()
         os.unlink(os.path.join(n.workdir, "dhclient.leases"))
         n.start()
-        n.dhclient("dhclient2")
+        second = n.dhclient("dhclient2")
         self.assertEqual(n.lease(n.wait_event("BOUND", count=2)).ip, lease.ip)
         self.assertEqual([r["ip"] for r in n.leases()], [lease.ip])
         self.assertEqual(n.addresses(), [lease.ip + "/16"])
+
+        # A client that remembers its lease asks for it again (INIT-REBOOT).
+        n.lab.stop(second)
+        n.dhclient("dhclient3")
+        self.assertEqual(n.lease(n.wait_event("REBOOT")).ip, lease.ip)
+        self.assertGreaterEqual(n.counter("dhcp_acks", "state=init-reboot"), 1)
 
     def test_udhcpc_lease_release_and_malformed_frames(self) -> None:
         n = self.site()

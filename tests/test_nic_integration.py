@@ -88,6 +88,12 @@ class DhcpClientsTests(SynchronousTestCase):
                          and n.counter("frames_dropped", "reason=bad-dhcp") >= 1,
                          timeout=10, what="malformed frames counted")
         self.assertGreaterEqual(n.counter("frames_dropped", "reason=bad-udp"), 1)
+        for command, needle in (("status", f"tap: {n.tap}"),
+                                ("counters", 'frames_dropped{reason=bad-ipv4}')):
+            cli = subprocess.run([sys.executable, "-m", "wow", command, "--state-dir", n.state],
+                                 capture_output=True, text=True, timeout=30, cwd=HERE)
+            self.assertEqual(cli.returncode, 0, cli.stderr)
+            self.assertIn(needle, cli.stdout)
         # ...and the node keeps serving.
         client = n.udhcpc()
         lease = n.lease(n.wait_event("bound", UDHCPC_EVENTS))

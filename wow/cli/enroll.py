@@ -1,0 +1,102 @@
+"""
+C{wow enroll}: obtain this node's certificate from the community CA over EST.
+
+Creates the key and a CSR for the given virtual IP, enrols from that address,
+polls while the CA keeps the request for approval, and installs the key,
+certificate and CA certificate in the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+from typing import Any
+
+from wow.cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+
+def read_credentials(path: str) -> tuple[str, str]:
+    """C{user:password} on the first line of C{path}."""
+    with open(path, encoding="utf-8") as f:
+        line = f.readline().rstrip("\n")
+    user, sep, password = line.partition(":")
+    if not sep or not user:
+        raise ValueError(f"{path} must hold user:password on its first line")
+    return user, password
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from twisted.internet import task
+
+    from wow.ca.client import EnrolError, Enrolment, EnrolSettings, installed
+    from wow.ca.csr import OVERLAY_URI_PREFIX, is_hostname
+
+    try:
+        ip = str(ipaddress.ip_address(args.ip))
+    except ValueError:
+        print(f"wow enroll: --ip {args.ip!r} is not an IP address", file=sys.stderr)
+        return EXIT_USAGE
+    hostname = (args.hostname or socket.gethostname()).lower()
+    if not is_hostname(hostname):
+        print(f"wow enroll: {hostname!r} is not a valid host name (use --hostname)", file=sys.stderr)
+        return EXIT_USAGE
+    overlay = None
+    if args.overlay_address:
+        overlay = OVERLAY_URI_PREFIX + args.overlay_address.lower()
+    credentials = None
+    try:
+        if args.credentials:
+            credentials = read_credentials(args.credentials)
+    except (OSError, ValueError) as e:
+        print(f"wow enroll: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = EnrolSettings(url=args.ca, state_dir=args.state_dir, hostname=hostname,
+                             overlay=overlay, credentials=credentials,
+                             ca_fingerprint=args.ca_fingerprint, timeout=args.timeout)
+    result: dict[str, Any] = {}
+
+    async def main(reactor: Any) -> None:
+        enrolment = Enrolment(reactor, settings, ip, report=lambda s: print(f"wow enroll: {s}"))
+        deadline = reactor.seconds() + args.wait if args.wait > 0 else None
+        renew = False
+        if args.renew:
+            cert, matches, _ = installed(args.state_dir)
+            renew = cert is not None and matches
+        try:
+            await enrolment.run(renew=renew, deadline=deadline)
+            result["code"] = EXIT_OK
+        except EnrolError as e:
+            print(f"wow enroll: {e}", file=sys.stderr)
+            unreachable = e.temporary and e.status == 0
+            result["code"] = EXIT_UNREACHABLE if unreachable else EXIT_FAILED
+
+    try:
+        task.react(lambda reactor: __import__("twisted.internet.defer", fromlist=["x"])
+                   .ensureDeferred(main(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
+    return int(result.get("code", EXIT_FAILED))
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("enroll", help="get this node's certificate from the CA (EST)")
+    p.add_argument("--ca", required=True, metavar="URL", help="the CA, e.g. https://10.128.0.2:8443")
+    p.add_argument("--ip", required=True, help="this node's virtual IP (requests are sent from it)")
+    p.add_argument("--hostname", default="", help="host name to certify (default: this host's)")
+    p.add_argument("--state-dir", default="/var/lib/wow",
+                   help="where host.key, host.pem and ca.pem go (default: %(default)s)")
+    p.add_argument("--ca-fingerprint", default="",
+                   help="SHA-256 fingerprint of the CA certificate (default: trust on first use)")
+    p.add_argument("--credentials", default="", metavar="FILE",
+                   help="file with user:password for a CA using the ldap policy")
+    p.add_argument("--overlay-address", default="", metavar="HEX",
+                   help="the node's 160-bit overlay address (40 hex digits), certified as a URI")
+    p.add_argument("--wait", type=float, default=3600,
+                   help="seconds to keep polling while approval is pending (0 = forever)")
+    p.add_argument("--renew", action="store_true",
+                   help="renew the installed certificate (simplereenroll) instead of enrolling")
+    p.add_argument("--timeout", type=float, default=30, help="seconds per HTTPS request")
+    p.set_defaults(func=cmd_enroll)

@@ -42,7 +42,13 @@ from zope.interface import implementer
 from wow.ca.issue import fingerprint, parse_est_certs, private_pem
 from wow.util.durable import atomic_write, ensure_private_directory
 
-KEY, CERT, CA, PENDING_KEY, PENDING_CSR = "host.key", "host.pem", "ca.pem", "pending.key", "pending.csr"
+KEY, CERT, CA, PENDING_KEY, PENDING_CSR = (
+    "host.key",
+    "host.pem",
+    "ca.pem",
+    "pending.key",
+    "pending.csr",
+)
 #: Bounds on the wait between polls, whatever Retry-After says.
 MIN_POLL, MAX_POLL = 1, 3600
 
@@ -93,8 +99,15 @@ def cert_hostname(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-def plan(now: float, cert: x509.Certificate | None, key_matches: bool, ca: x509.Certificate | None,
-         ip: str, hostname: str, renew_before: float) -> Plan:
+def plan(
+    now: float,
+    cert: x509.Certificate | None,
+    key_matches: bool,
+    ca: x509.Certificate | None,
+    ip: str,
+    hostname: str,
+    renew_before: float,
+) -> Plan:
     """What to do next, given the installed certificate and the node's current IP."""
     if cert is None:
         return Enrol("no certificate installed")
@@ -120,10 +133,14 @@ def plan(now: float, cert: x509.Certificate | None, key_matches: bool, ca: x509.
     return WaitUntil(renew_at)
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, hostname: str, ip: str,
-             overlay: str | None = None) -> bytes:
+def make_csr(
+    key: ec.EllipticCurvePrivateKey, hostname: str, ip: str, overlay: str | None = None
+) -> bytes:
     """A DER PKCS#10 request wow-ca accepts: CN = host name, SAN = IP (+ DNS, + overlay URI)."""
-    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName(hostname)]
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address(ip)),
+        x509.DNSName(hostname),
+    ]
     if overlay:
         names.append(x509.UniformResourceIdentifier(overlay))
     csr = (
@@ -163,8 +180,9 @@ class _Policy:
         if self.ca_pem is None:
             return _Unverified()
         client = PrivateCertificate.loadPEM(self.client_pem) if self.client_pem else None
-        return optionsForClientTLS(hostname.decode(), trustRoot=Certificate.loadPEM(self.ca_pem),
-                                   clientCertificate=client)
+        return optionsForClientTLS(
+            hostname.decode(), trustRoot=Certificate.loadPEM(self.ca_pem), clientCertificate=client
+        )
 
 
 @dataclass(frozen=True)
@@ -178,34 +196,53 @@ class EstAnswer:
 class EstClient:
     """RFC 7030 requests to one CA, sent from C{bind_ip}."""
 
-    def __init__(self, reactor: Any, url: str, ca_pem: bytes | None = None,
-                 bind_ip: str | None = None, client_pem: bytes | None = None,
-                 timeout: float = 30) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        ca_pem: bytes | None = None,
+        bind_ip: str | None = None,
+        client_pem: bytes | None = None,
+        timeout: float = 30,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise EnrolError(f"the CA URL {url!r} must look like https://HOST[:PORT]")
         self.base = f"https://{parts.netloc}"
-        self.agent = Agent(reactor, _Policy(ca_pem, client_pem), connectTimeout=timeout,
-                           bindAddress=(bind_ip, 0) if bind_ip else None)
+        self.agent = Agent(
+            reactor,
+            _Policy(ca_pem, client_pem),
+            connectTimeout=timeout,
+            bindAddress=(bind_ip, 0) if bind_ip else None,
+        )
         self.reactor = reactor
         self.timeout = timeout
 
-    async def _request(self, method: bytes, path: str, body: bytes | None = None,
-                       headers: dict[bytes, list[bytes]] | None = None) -> tuple[Any, bytes]:
-        from twisted.web.client import FileBodyProducer
+    async def _request(
+        self,
+        method: bytes,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> tuple[Any, bytes]:
         from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
 
         producer = FileBodyProducer(BytesIO(body)) if body is not None else None
         try:
-            d = self.agent.request(method, (self.base + path).encode(), Headers(headers or {}),
-                                   producer)
+            d = self.agent.request(
+                method, (self.base + path).encode(), Headers(headers or {}), producer
+            )
             d.addTimeout(self.timeout, self.reactor)
             response = await d
             data = await readBody(response)
         except EnrolError:
             raise
         except Exception as e:
-            raise EnrolError(f"cannot reach the CA at {self.base}: {_why(e)}", temporary=True) from None
+            raise EnrolError(
+                f"cannot reach the CA at {self.base}: {_why(e)}", temporary=True
+            ) from None
         return response, data
 
     async def cacerts(self) -> list[x509.Certificate]:
@@ -217,15 +254,19 @@ class EstClient:
         except Exception:
             raise EnrolError("the CA's /cacerts answer is not a PKCS#7 certificate list") from None
 
-    async def post(self, operation: str, csr_der: bytes,
-                   credentials: tuple[str, str] | None = None) -> EstAnswer:
-        headers = {b"content-type": [b"application/pkcs10"],
-                   b"content-transfer-encoding": [b"base64"]}
+    async def post(
+        self, operation: str, csr_der: bytes, credentials: tuple[str, str] | None = None
+    ) -> EstAnswer:
+        headers = {
+            b"content-type": [b"application/pkcs10"],
+            b"content-transfer-encoding": [b"base64"],
+        }
         if credentials:
             token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
             headers[b"authorization"] = [f"Basic {token}".encode()]
         response, data = await self._request(
-            b"POST", f"/.well-known/est/{operation}", base64.encodebytes(csr_der), headers)
+            b"POST", f"/.well-known/est/{operation}", base64.encodebytes(csr_der), headers
+        )
         message = data.decode("utf-8", "replace").strip()
         if response.code == 200:
             try:
@@ -289,8 +330,9 @@ def installed(state_dir: str) -> tuple[x509.Certificate | None, bool, x509.Certi
         if cert is not None and key_pem:
             key = serialization.load_pem_private_key(key_pem, password=None)
             pub = serialization.PublicFormat.SubjectPublicKeyInfo
-            matches = key.public_key().public_bytes(serialization.Encoding.DER, pub) == \
-                cert.public_key().public_bytes(serialization.Encoding.DER, pub)
+            matches = key.public_key().public_bytes(
+                serialization.Encoding.DER, pub
+            ) == cert.public_key().public_bytes(serialization.Encoding.DER, pub)
     except ValueError:
         return None, False, ca
     return cert, matches, ca
@@ -301,8 +343,13 @@ class Enrolment:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: EnrolSettings, ip: str,
-                 report: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: EnrolSettings,
+        ip: str,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.s = settings
         self.ip = ip
@@ -320,14 +367,16 @@ class Enrolment:
             cert = x509.load_pem_x509_certificate(pinned)
             if not want or fingerprint(cert) == want:
                 return pinned
-        certs = await EstClient(self.reactor, self.s.url, None, self.ip,
-                                timeout=self.s.timeout).cacerts()
+        certs = await EstClient(
+            self.reactor, self.s.url, None, self.ip, timeout=self.s.timeout
+        ).cacerts()
         if not certs:
             raise EnrolError("the CA sent no CA certificate")
         ca = certs[0]
         if want and fingerprint(ca) != want:
-            raise EnrolError(f"the CA's certificate has fingerprint {fingerprint(ca)}, "
-                             f"not the expected {want}")
+            raise EnrolError(
+                f"the CA's certificate has fingerprint {fingerprint(ca)}, not the expected {want}"
+            )
         if not want:
             self.report(f"trusting the CA on first use: SHA-256 fingerprint {fingerprint(ca)}")
         pem = ca.public_bytes(serialization.Encoding.PEM)
@@ -368,8 +417,10 @@ class Enrolment:
                 os.unlink(self.path(name))
             except FileNotFoundError:
                 pass
-        self.report(f"installed certificate {cert.serial_number:032x} for {self.ip}, valid until "
-                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        self.report(
+            f"installed certificate {cert.serial_number:032x} for {self.ip}, valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
         return cert
 
     async def run(self, renew: bool = False, deadline: float | None = None) -> x509.Certificate:
@@ -393,12 +444,16 @@ class Enrolment:
                     for name in (PENDING_KEY, PENDING_CSR):
                         if os.path.exists(self.path(name)):
                             os.unlink(self.path(name))
-                raise EnrolError(f"the CA refused: {answer.message}",
-                                 temporary=answer.status >= 500, status=answer.status)
+                raise EnrolError(
+                    f"the CA refused: {answer.message}",
+                    temporary=answer.status >= 500,
+                    status=answer.status,
+                )
             now = self.reactor.seconds()
             if deadline is not None and now + answer.retry_after > deadline:
-                raise EnrolError(f"still waiting for approval ({answer.message})", temporary=True,
-                                 status=202)
+                raise EnrolError(
+                    f"still waiting for approval ({answer.message})", temporary=True, status=202
+                )
             self.report(f"waiting for approval, next poll in {answer.retry_after} s")
             await task.deferLater(self.reactor, answer.retry_after, lambda: None)
 
@@ -408,8 +463,14 @@ class Enrolment:
             return None
         new_key = ec.generate_private_key(ec.SECP256R1())
         csr_der = make_csr(new_key, self.s.hostname, self.ip, self.s.overlay)
-        client = EstClient(self.reactor, self.s.url, ca_pem, self.ip,
-                           client_pem=cert_pem + b"\n" + key_pem, timeout=self.s.timeout)
+        client = EstClient(
+            self.reactor,
+            self.s.url,
+            ca_pem,
+            self.ip,
+            client_pem=cert_pem + b"\n" + key_pem,
+            timeout=self.s.timeout,
+        )
         answer = await client.post("simplereenroll", csr_der)
         if answer.status == 200:
             return self._install(private_pem(new_key), self._check(answer, ca))
@@ -447,8 +508,9 @@ class Enroller(Service):
     RETRY_MIN, RETRY_MAX = 5.0, 600.0
     NO_IP_DELAY = 5.0
 
-    def __init__(self, reactor: Any, settings: EnrolSettings,
-                 current_ip: Callable[[], str | None]) -> None:
+    def __init__(
+        self, reactor: Any, settings: EnrolSettings, current_ip: Callable[[], str | None]
+    ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.current_ip = current_ip
@@ -459,8 +521,11 @@ class Enroller(Service):
     def startService(self) -> None:
         super().startService()
         self._loop = defer.ensureDeferred(self.loop())
-        self._loop.addErrback(lambda f: None if f.check(defer.CancelledError)
-                              else self.log.failure("enroller stopped", f))
+        self._loop.addErrback(
+            lambda f: (
+                None if f.check(defer.CancelledError) else self.log.failure("enroller stopped", f)
+            )
+        )
 
     def stopService(self) -> Any:
         super().stopService()
@@ -489,16 +554,54 @@ class Enroller(Service):
             return what.when - now
         try:
             new = await Enrolment(self.reactor, self.settings, ip).run(
-                renew=isinstance(what, Reenrol))
+                renew=isinstance(what, Reenrol)
+            )
         except EnrolError as e:
             delay = self.backoff
             self.backoff = min(self.backoff * 2, self.RETRY_MAX)
             if not e.temporary:
                 delay = self.RETRY_MAX
-            self.log.warn("enrolment with {url} failed: {why}; retrying in {delay:.0f} s",
-                          url=self.settings.url, why=str(e), delay=delay)
+            self.log.warn(
+                "enrolment with {url} failed: {why}; retrying in {delay:.0f} s",
+                url=self.settings.url,
+                why=str(e),
+                delay=delay,
+            )
             return delay
         self.backoff = self.RETRY_MIN
         if not self.installed.called:
             self.installed.callback(new)
         return 0
+
+
+def node_enroller(
+    config: Any,
+    reactor: Any,
+    current_ip: Callable[[], str | None],
+    overlay_address: str | None = None,
+) -> Enroller | None:
+    """
+    The L{Enroller} for a wow-node's C{[ca]} section, or None when C{ca.url}
+    is unset.  C{current_ip} gives the node's leased virtual IP.
+    """
+    import socket
+
+    from wow.ca.csr import OVERLAY_URI_PREFIX
+    from wow.cli.enroll import read_credentials
+
+    section = config.ca
+    if not section.url:
+        return None
+    hostname = (section.hostname or config.node.name or socket.gethostname()).lower()
+    credentials = read_credentials(section.credentials_file) if section.credentials_file else None
+    settings = EnrolSettings(
+        url=section.url,
+        state_dir=config.node.state_dir,
+        hostname=hostname,
+        overlay=OVERLAY_URI_PREFIX + overlay_address if overlay_address else None,
+        credentials=credentials,
+        ca_fingerprint=section.ca_fingerprint,
+        renew_before=section.renew_before,
+        timeout=section.timeout,
+    )
+    return Enroller(reactor, settings, current_ip)

@@ -98,7 +98,9 @@ class IssueSection:
                     f"issue.key_types entry {kt!r} is not one of {', '.join(KEY_TYPES)}"
                 )
         if not 2048 <= self.rsa_min_bits <= 8192:
-            raise ConfigError(f"issue.rsa_min_bits {self.rsa_min_bits} must be between 2048 and 8192")
+            raise ConfigError(
+                f"issue.rsa_min_bits {self.rsa_min_bits} must be between 2048 and 8192"
+            )
         if not 1024 <= self.max_request_bytes <= 1024 * 1024:
             raise ConfigError(
                 f"issue.max_request_bytes {self.max_request_bytes} must be between 1024 and 1048576"
@@ -122,7 +124,9 @@ class PolicySection:
         if not 1 <= self.retry_after <= 86400:
             raise ConfigError(f"policy.retry_after {self.retry_after} must be between 1 and 86400")
         if not 60 <= self.pending_ttl <= 365 * 24 * 3600:
-            raise ConfigError(f"policy.pending_ttl {self.pending_ttl} must be between 60 s and a year")
+            raise ConfigError(
+                f"policy.pending_ttl {self.pending_ttl} must be between 60 s and a year"
+            )
 
 
 @dataclass(frozen=True)
@@ -222,3 +226,45 @@ def load_ca_config(
             raise ConfigError(f"{section} must be a table")
         current.update(values)
     return build(CaConfig, table, "")
+
+
+@dataclass(frozen=True)
+class NodeCaSection:
+    """
+    [ca] of C{wow-node}: automatic enrolment with the community CA.
+
+    Lives here, next to the CA's own settings, and is added to the node's
+    configuration as one field.
+    """
+
+    #: The CA's EST endpoint, https://HOST[:PORT]; "" = no automatic enrolment.
+    url: str = ""
+    #: Host name to certify; "" = node.name, else the machine's host name.
+    hostname: str = ""
+    #: SHA-256 fingerprint of the CA certificate; "" = trust on first use.
+    ca_fingerprint: str = ""
+    #: File with user:password (first line), for a CA using the ldap policy.
+    credentials_file: str = ""
+    #: Renew this many seconds before the certificate expires (at most halfway).
+    renew_before: int = 7 * 86400
+    #: Seconds per HTTPS request to the CA.
+    timeout: float = 30.0
+
+    def validate(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            try:
+                _ = parts.port
+            except ValueError:
+                raise ConfigError(f"ca.url {self.url!r} has an invalid port") from None
+            if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+                raise ConfigError(f"ca.url {self.url!r} must look like https://HOST[:PORT]")
+        fp = self.ca_fingerprint.replace(":", "").lower()
+        if fp and (len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp)):
+            raise ConfigError("ca.ca_fingerprint must be a SHA-256 fingerprint (64 hex digits)")
+        if not 60 <= self.renew_before <= 365 * 86400:
+            raise ConfigError(
+                f"ca.renew_before {self.renew_before} must be between 60 s and a year"
+            )
+        if not 1 <= self.timeout <= 600:
+            raise ConfigError(f"ca.timeout {self.timeout} must be between 1 and 600 seconds")

@@ -36,7 +36,7 @@ RSA_MAX_BITS = 8192
 
 
 class CsrRefused(Exception):
-    """A request that will not be signed: C{reason} is a metrics label, C{sentence} for the client."""
+    """A request we will not sign: C{reason} labels the metric, C{sentence} tells the client."""
 
     def __init__(self, reason: str, sentence: str, status: int = 400) -> None:
         super().__init__(sentence)
@@ -102,7 +102,9 @@ def decode_body(body: bytes, max_bytes: int) -> bytes:
         try:
             return x509.load_pem_x509_csr(stripped).public_bytes(serialization.Encoding.DER)
         except ValueError:
-            raise CsrRefused("malformed", "the PEM body is not a PKCS#10 certificate request") from None
+            raise CsrRefused(
+                "malformed", "the PEM body is not a PKCS#10 certificate request"
+            ) from None
     try:
         return base64.b64decode(b"".join(stripped.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -121,7 +123,9 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
         csr.public_key()
         return csr
     except Exception:
-        raise CsrRefused("malformed", "the body is not a valid PKCS#10 certificate request") from None
+        raise CsrRefused(
+            "malformed", "the body is not a valid PKCS#10 certificate request"
+        ) from None
 
 
 def check_key(csr: x509.CertificateSigningRequest, rules: CsrRules) -> None:
@@ -137,16 +141,21 @@ def check_key(csr: x509.CertificateSigningRequest, rules: CsrRules) -> None:
         if key.key_size < rules.rsa_min_bits:
             raise CsrRefused(
                 "weak-key",
-                f"the RSA key has {key.key_size} bits but at least {rules.rsa_min_bits} are required",
+                f"the RSA key has {key.key_size} bits "
+                f"but at least {rules.rsa_min_bits} are required",
             )
         if key.key_size > RSA_MAX_BITS:
-            raise CsrRefused("key-type", f"RSA keys larger than {RSA_MAX_BITS} bits are not accepted")
+            raise CsrRefused(
+                "key-type", f"RSA keys larger than {RSA_MAX_BITS} bits are not accepted"
+            )
         return
     if isinstance(key, ed25519.Ed25519PublicKey):
         if "ed25519" not in rules.key_types:
             raise CsrRefused("key-type", "Ed25519 keys are not accepted")
         return
-    raise CsrRefused("key-type", f"{type(key).__name__.replace('PublicKey', '')} keys are not accepted")
+    raise CsrRefused(
+        "key-type", f"{type(key).__name__.replace('PublicKey', '')} keys are not accepted"
+    )
 
 
 def check_subject(csr: x509.CertificateSigningRequest) -> str:
@@ -160,9 +169,7 @@ def check_subject(csr: x509.CertificateSigningRequest) -> str:
     return hostname.rstrip(".").lower()
 
 
-def check_extensions(
-    csr: x509.CertificateSigningRequest, hostname: str
-) -> tuple[str, str | None]:
+def check_extensions(csr: x509.CertificateSigningRequest, hostname: str) -> tuple[str, str | None]:
     """The one IP SAN and the optional overlay URI; refuse anything else."""
     try:
         extensions = csr.extensions
@@ -179,7 +186,9 @@ def check_extensions(
                 raise CsrRefused("ca-request", "the request asks for a CA certificate (CA:TRUE)")
         else:
             name = getattr(ext.oid, "_name", None) or ext.oid.dotted_string
-            raise CsrRefused("extra-extension", f"the request carries an extension not allowed here ({name})")
+            raise CsrRefused(
+                "extra-extension", f"the request carries an extension not allowed here ({name})"
+            )
     if san is None:
         raise CsrRefused("no-san", "the request has no subjectAltName with the node's IP address")
     ips: list[str] = []
@@ -187,7 +196,9 @@ def check_extensions(
     for gn in san:
         if isinstance(gn, x509.IPAddress):
             if not isinstance(gn.value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-                raise CsrRefused("san-type", "an IP subjectAltName must be an address, not a network")
+                raise CsrRefused(
+                    "san-type", "an IP subjectAltName must be an address, not a network"
+                )
             ips.append(str(gn.value))
         elif isinstance(gn, x509.DNSName):
             if gn.value.rstrip(".").lower() != hostname:
@@ -197,7 +208,9 @@ def check_extensions(
         elif isinstance(gn, x509.UniformResourceIdentifier):
             uris.append(gn.value)
         else:
-            raise CsrRefused("san-type", f"subjectAltName entries of type {type(gn).__name__} are not allowed")
+            raise CsrRefused(
+                "san-type", f"subjectAltName entries of type {type(gn).__name__} are not allowed"
+            )
     if len(ips) != 1:
         raise CsrRefused(
             "ip-count",
@@ -205,7 +218,9 @@ def check_extensions(
         )
     if len(uris) > 1 or (uris and not _OVERLAY_URI.match(uris[0])):
         raise CsrRefused(
-            "san-uri", f"the only URI subjectAltName allowed is the overlay address {OVERLAY_URI_PREFIX}<40 hex digits>"
+            "san-uri",
+            "the only URI subjectAltName allowed is the overlay address "
+            f"{OVERLAY_URI_PREFIX}<40 hex digits>",
         )
     return ips[0], (uris[0] if uris else None)
 
@@ -231,7 +246,9 @@ def check_request(body: bytes, source_ip: str, rules: CsrRules) -> ValidCsr:
     except Exception:
         signature_ok = False
     if not signature_ok:
-        raise CsrRefused("bad-signature", "the request's signature does not verify with its own key")
+        raise CsrRefused(
+            "bad-signature", "the request's signature does not verify with its own key"
+        )
     check_key(csr, rules)
     hostname = check_subject(csr)
     ip, overlay = check_extensions(csr, hostname)

@@ -75,8 +75,10 @@ def render_outcome(request: server.Request, outcome: Outcome) -> bytes:
         request.setResponseCode(202)
         request.setHeader(b"retry-after", str(outcome.retry_after).encode())
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return (f"request {outcome.request_id} is waiting for approval; "
-                f"retry after {outcome.retry_after} seconds\n").encode()
+        return (
+            f"request {outcome.request_id} is waiting for approval; "
+            f"retry after {outcome.retry_after} seconds\n"
+        ).encode()
     return render_refusal(request, outcome)
 
 
@@ -126,13 +128,23 @@ class _EnrollBase(resource.Resource):
         source = source_address(request)
         if getattr(request, "too_large", False):
             limit = getattr(request.channel.site, "max_body", 0) if request.channel else 0
-            return render_refusal(request, self.authority.refuse(
-                413, "oversized", f"the request body is larger than {limit} bytes", source))
+            return render_refusal(
+                request,
+                self.authority.refuse(
+                    413, "oversized", f"the request body is larger than {limit} bytes", source
+                ),
+            )
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype and ctype != PKCS10.encode():
-            return render_refusal(request, self.authority.refuse(
-                415, "content-type", f"the request must be sent as {PKCS10}, not "
-                f"{ctype.decode('ascii', 'replace')}", source))
+            return render_refusal(
+                request,
+                self.authority.refuse(
+                    415,
+                    "content-type",
+                    f"the request must be sent as {PKCS10}, not {ctype.decode('ascii', 'replace')}",
+                    source,
+                ),
+            )
         assert request.content is not None
         body = request.content.read()
         finished = []
@@ -170,8 +182,12 @@ class StaticBytes(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, content_type: bytes, content: Callable[[], bytes],
-                 extra: dict[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        content_type: bytes,
+        content: Callable[[], bytes],
+        extra: dict[bytes, bytes] | None = None,
+    ) -> None:
         super().__init__()
         self.content_type = content_type
         self.content = content
@@ -184,8 +200,9 @@ class StaticBytes(resource.Resource):
         return self.content()
 
 
-def build_root(authority: Authority, crl: Callable[[], bytes],
-               health: Callable[[], dict[str, Any]]) -> resource.Resource:
+def build_root(
+    authority: Authority, crl: Callable[[], bytes], health: Callable[[], dict[str, Any]]
+) -> resource.Resource:
     """The URL tree: /.well-known/est/{cacerts,simpleenroll,simplereenroll}, /crl, /health."""
     root = resource.Resource()
     well_known = resource.Resource()
@@ -193,13 +210,18 @@ def build_root(authority: Authority, crl: Callable[[], bytes],
     root.putChild(b".well-known", well_known)
     well_known.putChild(b"est", est)
     cacerts = est_certs([authority.signer.cert])
-    est.putChild(b"cacerts", StaticBytes(PKCS7, lambda: cacerts,
-                                         {b"content-transfer-encoding": b"base64"}))
+    est.putChild(
+        b"cacerts", StaticBytes(PKCS7, lambda: cacerts, {b"content-transfer-encoding": b"base64"})
+    )
     est.putChild(b"simpleenroll", SimpleEnroll(authority))
     est.putChild(b"simplereenroll", SimpleReenroll(authority))
     root.putChild(b"crl", StaticBytes(b"application/pkix-crl", crl))
-    root.putChild(b"health", StaticBytes(
-        b"application/json", lambda: json.dumps(health(), sort_keys=True).encode() + b"\n"))
+    root.putChild(
+        b"health",
+        StaticBytes(
+            b"application/json", lambda: json.dumps(health(), sort_keys=True).encode() + b"\n"
+        ),
+    )
     return root
 
 

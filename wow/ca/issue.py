@@ -46,10 +46,12 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def utc(seconds: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC)
 
 
-def create_ca(name: str, lifetime_days: int, now: float) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def create_ca(
+    name: str, lifetime_days: int, now: float
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A fresh EC P-256 key and its self-signed CA certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -65,9 +67,15 @@ def create_ca(name: str, lifetime_days: int, now: float) -> tuple[ec.EllipticCur
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -118,7 +126,9 @@ def private_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 class Signer:
     """Issues end-entity certificates under one CA key."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, lifetime: int) -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, lifetime: int
+    ) -> None:
         self.key = key
         self.cert = cert
         self.lifetime = lifetime
@@ -132,10 +142,18 @@ class Signer:
         ]
         if request.overlay:
             names.append(x509.UniformResourceIdentifier(request.overlay))
-        return self._build(request.csr.public_key(), request.hostname, names, serial, now, self.lifetime)
+        return self._build(
+            request.csr.public_key(), request.hostname, names, serial, now, self.lifetime
+        )
 
-    def issue_server(self, public_key: ec.EllipticCurvePublicKey, names: tuple[str, ...],
-                     serial: int, now: float, lifetime: int) -> x509.Certificate:
+    def issue_server(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        names: tuple[str, ...],
+        serial: int,
+        now: float,
+        lifetime: int,
+    ) -> x509.Certificate:
         """The CA's own HTTPS certificate for its addresses and host names."""
         general: list[x509.GeneralName] = []
         for name in names:
@@ -145,8 +163,15 @@ class Signer:
                 general.append(x509.DNSName(name))
         return self._build(public_key, names[0], general, serial, now, lifetime)
 
-    def _build(self, public_key: object, cn: str, names: list[x509.GeneralName],
-               serial: int, now: float, lifetime: int) -> x509.Certificate:
+    def _build(
+        self,
+        public_key: object,
+        cn: str,
+        names: list[x509.GeneralName],
+        serial: int,
+        now: float,
+        lifetime: int,
+    ) -> x509.Certificate:
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         not_after = min(now + lifetime, self.cert.not_valid_after_utc.timestamp())
         builder = (
@@ -160,14 +185,22 @@ class Signer:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=is_rsa,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
             .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
                 critical=False,
             )
             .add_extension(x509.SubjectAlternativeName(names), critical=False)

@@ -92,7 +92,8 @@ class ManualPolicy:
 
 
 UNAUTHENTICATED = Refuse(
-    401, "unauthenticated",
+    401,
+    "unauthenticated",
     "this CA signs only for directory users: send your user name and password (HTTP Basic)",
     challenge=True,
 )
@@ -157,12 +158,16 @@ class LdapPolicy:
             if not found:
                 return Refuse(403, "ldap-unknown-user", f"the directory has no user named {user!r}")
             if len(found) > 1:
-                return Refuse(403, "ldap-ambiguous-user", f"the directory has several users named {user!r}")
+                return Refuse(
+                    403, "ldap-ambiguous-user", f"the directory has several users named {user!r}"
+                )
             user_dn = found[0].dn
             try:
                 await client.bind(user_dn.getText(), password)
             except ldaperrors.LDAPInvalidCredentials:
-                return Refuse(403, "ldap-bad-password", f"the password of directory user {user!r} is wrong")
+                return Refuse(
+                    403, "ldap-bad-password", f"the password of directory user {user!r} is wrong"
+                )
             if self.config.group_dn:
                 group = ldapsyntax.LDAPEntry(client, self.config.group_dn)
                 try:
@@ -182,7 +187,8 @@ class LdapPolicy:
                             continue
                 if distinguishedname.DistinguishedName(user_dn.getText()) not in members:
                     return Refuse(
-                        403, "ldap-not-in-group",
+                        403,
+                        "ldap-not-in-group",
                         f"directory user {user!r} is not a member of {self.config.group_dn}",
                     )
             return Sign(f"ldap:{user}")
@@ -194,13 +200,27 @@ class LdapPolicy:
         from ldaptor.protocols.ldap.ldapclient import LDAPClientConnectionLostException
 
         if failure.check(
-            error.ConnectError, error.TimeoutError, defer.TimeoutError, defer.CancelledError,
-            error.ConnectionLost, error.ConnectionDone, LDAPClientConnectionLostException,
+            error.ConnectError,
+            error.TimeoutError,
+            defer.TimeoutError,
+            defer.CancelledError,
+            error.ConnectionLost,
+            error.ConnectionDone,
+            LDAPClientConnectionLostException,
         ):
-            self.log.warn("LDAP directory {url} unreachable: {why}", url=self.config.url,
-                          why=failure.getErrorMessage())
-            return Refuse(503, "ldap-unreachable",
-                          "the user directory is unreachable, so the request cannot be checked now")
+            self.log.warn(
+                "LDAP directory {url} unreachable: {why}",
+                url=self.config.url,
+                why=failure.getErrorMessage(),
+            )
+            return Refuse(
+                503,
+                "ldap-unreachable",
+                "the user directory is unreachable, so the request cannot be checked now",
+            )
         self.log.failure("LDAP check of user {user} failed", failure, user=user)
-        return Refuse(503, "ldap-error",
-                      "the user directory answered with an error, so the request cannot be checked now")
+        return Refuse(
+            503,
+            "ldap-error",
+            "the user directory answered with an error, so the request cannot be checked now",
+        )

@@ -52,8 +52,14 @@ class CrlPublisher:
     def refresh(self) -> None:
         try:
             now = self.clock.seconds()
-            self.der = build_crl(self.signer.key, self.signer.cert, self.store.revoked(now), now,
-                                 self.lifetime, self.store.next_crl_number())
+            self.der = build_crl(
+                self.signer.key,
+                self.signer.cert,
+                self.store.revoked(now),
+                now,
+                self.lifetime,
+                self.store.next_crl_number(),
+            )
         except Exception:
             self.log.failure("could not re-sign the CRL")
 
@@ -74,8 +80,9 @@ def make_policy(config: CaConfig, reactor: Any) -> ISigningPolicy:
     return AutoPolicy()
 
 
-def server_certificate(state_dir: str, signer: Signer, store: Store, names: tuple[str, ...],
-                       now: float) -> tuple[bytes, bytes]:
+def server_certificate(
+    state_dir: str, signer: Signer, store: Store, names: tuple[str, ...], now: float
+) -> tuple[bytes, bytes]:
     """
     The CA's HTTPS key and certificate (PEM), issued by the CA for C{names}
     and reissued when missing, for other names, near expiry or from another CA.
@@ -96,8 +103,7 @@ def server_certificate(state_dir: str, signer: Signer, store: Store, names: tupl
             have = {str(v) for v in san.get_values_for_type(x509.IPAddress)}
             have |= set(san.get_values_for_type(x509.DNSName))
             left = cert.not_valid_after_utc.timestamp() - now
-            if (have == set(names) and left > SERVER_CERT_LIFETIME / 3
-                    and signer.issued_by_me(cert)):
+            if have == set(names) and left > SERVER_CERT_LIFETIME / 3 and signer.issued_by_me(cert):
                 return key_pem, cert_pem
         except Exception:
             pass
@@ -105,8 +111,17 @@ def server_certificate(state_dir: str, signer: Signer, store: Store, names: tupl
     for _ in range(4):
         cert = signer.issue_server(key.public_key(), names, new_serial(), now, SERVER_CERT_LIFETIME)
         first_ip = next((n for n in names if _is_ip(n)), "")
-        rec = record_for(cert, None, "server", normalise_ip(first_ip) if first_ip else "",
-                         names[0], None, "", "server", now)
+        rec = record_for(
+            cert,
+            None,
+            "server",
+            normalise_ip(first_ip) if first_ip else "",
+            names[0],
+            None,
+            "",
+            "server",
+            now,
+        )
         try:
             store.add_cert(rec)
             break
@@ -152,24 +167,38 @@ class CaService(MultiService):
         ensure_private_directory(state)
         now = reactor.seconds()
         key, cert, created = load_or_create_ca(state, config.ca.name, config.ca.lifetime_days, now)
-        self.log.info("{what} CA {name}, SHA-256 fingerprint {fp}",
-                      what="created" if created else "loaded", name=config.ca.name,
-                      fp=fingerprint(cert))
+        self.log.info(
+            "{what} CA {name}, SHA-256 fingerprint {fp}",
+            what="created" if created else "loaded",
+            name=config.ca.name,
+            fp=fingerprint(cert),
+        )
         self.store = Store(os.path.join(state, "ca.sqlite"))
         signer = Signer(key, cert, config.issue.lifetime)
         self.crl = CrlPublisher(self.store, signer, reactor, config.crl.lifetime)
-        rules = CsrRules(config.issue.key_types, config.issue.rsa_min_bits,
-                         config.issue.max_request_bytes)
+        rules = CsrRules(
+            config.issue.key_types, config.issue.rsa_min_bits, config.issue.max_request_bytes
+        )
         self.authority = Authority(
-            self.store, signer, make_policy(config, reactor), rules, reactor, self.counters,
-            config.policy.retry_after, config.issue.revoke_superseded, self.crl.refresh)
-        key_pem, cert_pem = server_certificate(state, signer, self.store,
-                                               config.listen.server_names, now)
+            self.store,
+            signer,
+            make_policy(config, reactor),
+            rules,
+            reactor,
+            self.counters,
+            config.policy.retry_after,
+            config.issue.revoke_superseded,
+            self.crl.refresh,
+        )
+        key_pem, cert_pem = server_certificate(
+            state, signer, self.store, config.listen.server_names, now
+        )
         tls = EstTlsContextFactory(key_pem, cert_pem, cert)
         root = build_root(self.authority, self.crl.current, self.health)
         site = EstSite(root, config.issue.max_request_bytes)
-        endpoint = SSL4ServerEndpoint(reactor, config.listen.port, tls,
-                                      interface=config.listen.address)
+        endpoint = SSL4ServerEndpoint(
+            reactor, config.listen.port, tls, interface=config.listen.address
+        )
         https = StreamServerEndpointService(endpoint, site)
         https._raiseSynchronously = True
         https.setServiceParent(self)
@@ -190,8 +219,12 @@ class CaService(MultiService):
 
     def _listening(self, port: Any) -> Any:
         addr = port.getHost()
-        self.log.info("wow-ca ready: EST on https://{host}:{port}/.well-known/est/ policy {policy}",
-                      host=addr.host, port=addr.port, policy=self.config.policy.kind)
+        self.log.info(
+            "wow-ca ready: EST on https://{host}:{port}/.well-known/est/ policy {policy}",
+            host=addr.host,
+            port=addr.port,
+            policy=self.config.policy.kind,
+        )
         return port
 
     def stopService(self) -> Any:
@@ -212,9 +245,12 @@ class CaService(MultiService):
 
     def health(self) -> dict[str, Any]:
         assert self.authority is not None
-        return {"status": "ok", "policy": self.config.policy.kind,
-                "refused": self.counters.get("ca_refused"),
-                "issued": self.counters.get("ca_issued")}
+        return {
+            "status": "ok",
+            "policy": self.config.policy.kind,
+            "refused": self.counters.get("ca_refused"),
+            "issued": self.counters.get("ca_issued"),
+        }
 
     # -- control socket -----------------------------------------------------
 
@@ -230,15 +266,19 @@ class CaService(MultiService):
                     raise CommandError(str(e)) from None
                 except (KeyError, TypeError, ValueError):
                     raise CommandError("malformed arguments") from None
+
             return handler
 
         self.control.register("ca.pending", admin(lambda a: authority.pending()))
         self.control.register("ca.list", admin(lambda a: authority.certificates()))
         self.control.register("ca.approve", admin(lambda a: authority.approve(int(a["id"]))))
-        self.control.register("ca.reject", admin(
-            lambda a: authority.reject(int(a["id"]), str(a.get("reason", "")))))
-        self.control.register("ca.revoke", admin(
-            lambda a: authority.revoke(str(a["target"]), str(a.get("reason") or "revoked"))))
+        self.control.register(
+            "ca.reject", admin(lambda a: authority.reject(int(a["id"]), str(a.get("reason", ""))))
+        )
+        self.control.register(
+            "ca.revoke",
+            admin(lambda a: authority.revoke(str(a["target"]), str(a.get("reason") or "revoked"))),
+        )
         self.control.register("ca.metrics", admin(lambda a: self.counters.snapshot()))
 
 

@@ -98,10 +98,18 @@ class CertRecord:
 
     def summary(self, now: float) -> dict[str, Any]:
         return {
-            "serial": self.serial, "kind": self.kind, "ip": self.ip, "hostname": self.hostname,
-            "overlay": self.overlay, "not_before": self.not_before, "not_after": self.not_after,
-            "issued_at": self.issued_at, "via": self.via, "state": self.state(now),
-            "revoked_at": self.revoked_at, "revoke_reason": self.revoke_reason,
+            "serial": self.serial,
+            "kind": self.kind,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "overlay": self.overlay,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "issued_at": self.issued_at,
+            "via": self.via,
+            "state": self.state(now),
+            "revoked_at": self.revoked_at,
+            "revoke_reason": self.revoke_reason,
         }
 
 
@@ -122,9 +130,16 @@ class QueuedRequest:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "ip": self.ip, "hostname": self.hostname, "overlay": self.overlay,
-            "requester": self.requester, "created": self.created, "state": self.state,
-            "serial": self.serial, "reason": self.reason, "csr_sha256": self.csr_sha256,
+            "id": self.id,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "overlay": self.overlay,
+            "requester": self.requester,
+            "created": self.created,
+            "state": self.state,
+            "serial": self.serial,
+            "reason": self.reason,
+            "csr_sha256": self.csr_sha256,
         }
 
 
@@ -174,9 +189,22 @@ class Store:
         try:
             db.execute(
                 f"INSERT INTO certs ({_CERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.serial, rec.kind, rec.ip, rec.hostname, rec.overlay, rec.not_before,
-                 rec.not_after, rec.csr_sha256, rec.spki_sha256, rec.der, rec.issued_at,
-                 rec.via, rec.revoked_at, rec.revoke_reason),
+                (
+                    rec.serial,
+                    rec.kind,
+                    rec.ip,
+                    rec.hostname,
+                    rec.overlay,
+                    rec.not_before,
+                    rec.not_after,
+                    rec.csr_sha256,
+                    rec.spki_sha256,
+                    rec.der,
+                    rec.issued_at,
+                    rec.via,
+                    rec.revoked_at,
+                    rec.revoke_reason,
+                ),
             )
         except sqlite3.IntegrityError as e:
             if "certs.serial" in str(e):
@@ -212,7 +240,9 @@ class Store:
             return self._supersede(db, rec) if supersede else []
 
     def cert(self, serial: str) -> CertRecord | None:
-        row = self.db.execute(f"SELECT {_CERT_COLUMNS} FROM certs WHERE serial = ?", (serial,)).fetchone()
+        row = self.db.execute(
+            f"SELECT {_CERT_COLUMNS} FROM certs WHERE serial = ?", (serial,)
+        ).fetchone()
         return CertRecord(*row) if row else None
 
     def cert_by_csr(self, digest: str) -> CertRecord | None:
@@ -234,7 +264,8 @@ class Store:
             rows = self.db.execute(f"SELECT {_CERT_COLUMNS} FROM certs ORDER BY issued_at, serial")
         else:
             rows = self.db.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certs WHERE kind = ? ORDER BY issued_at, serial", (kind,)
+                f"SELECT {_CERT_COLUMNS} FROM certs WHERE kind = ? ORDER BY issued_at, serial",
+                (kind,),
             )
         return [CertRecord(*r) for r in rows.fetchall()]
 
@@ -292,7 +323,9 @@ class Store:
         return QueuedRequest(*row) if row else None
 
     def request(self, request_id: int) -> QueuedRequest | None:
-        row = self.db.execute(f"SELECT {_REQ_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
+        row = self.db.execute(
+            f"SELECT {_REQ_COLUMNS} FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
         return QueuedRequest(*row) if row else None
 
     def pending_for_ip(self, ip: str) -> QueuedRequest | None:
@@ -301,8 +334,16 @@ class Store:
         ).fetchone()
         return QueuedRequest(*row) if row else None
 
-    def enqueue(self, digest: str, der: bytes, ip: str, hostname: str, overlay: str | None,
-                requester: str, now: float) -> int:
+    def enqueue(
+        self,
+        digest: str,
+        der: bytes,
+        ip: str,
+        hostname: str,
+        overlay: str | None,
+        requester: str,
+        now: float,
+    ) -> int:
         with self.transaction() as db:
             try:
                 cur = db.execute(
@@ -354,14 +395,17 @@ class Store:
     def collect(self, request_id: int) -> None:
         """The client has fetched the certificate of an approved request."""
         with self.transaction() as db:
-            db.execute("UPDATE requests SET state = 'collected' WHERE id = ? AND state = 'approved'",
-                       (request_id,))
+            db.execute(
+                "UPDATE requests SET state = 'collected' WHERE id = ? AND state = 'approved'",
+                (request_id,),
+            )
 
     def expire_pending(self, before: float) -> int:
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE requests SET state = 'rejected', decided_at = created, "
-                "reason = 'expired while waiting for approval' WHERE state = 'pending' AND created < ?",
+                "reason = 'expired while waiting for approval' "
+                "WHERE state = 'pending' AND created < ?",
                 (int(before),),
             )
         return cur.rowcount

@@ -50,8 +50,10 @@ def cmd_pending(args: argparse.Namespace) -> int:
     else:
         print(f"{'ID':>5} {'IP':<16} {'HOSTNAME':<24} {'REQUESTED (UTC)':<17} REQUESTER")
         for r in rows:
-            print(f"{r['id']:>5} {r['ip']:<16} {r['hostname']:<24} {_when(r['created']):<17} "
-                  f"{r['requester'] or '-'}")
+            print(
+                f"{r['id']:>5} {r['ip']:<16} {r['hostname']:<24} {_when(r['created']):<17} "
+                f"{r['requester'] or '-'}"
+            )
     return EXIT_OK
 
 
@@ -66,8 +68,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         print(f"{'SERIAL':<32} {'STATE':<8} {'IP':<16} {'HOSTNAME':<24} {'EXPIRES (UTC)':<17} VIA")
         for r in rows:
-            print(f"{r['serial']:<32} {r['state']:<8} {r['ip']:<16} {r['hostname']:<24} "
-                  f"{_when(r['not_after']):<17} {r['via']}")
+            print(
+                f"{r['serial']:<32} {r['state']:<8} {r['ip']:<16} {r['hostname']:<24} "
+                f"{_when(r['not_after']):<17} {r['via']}"
+            )
     return EXIT_OK
 
 
@@ -92,10 +96,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ca = subparsers.add_parser("ca", help="administer the community CA (wow-ca)")
-    ca.add_argument("--state-dir", default="/var/lib/wow-ca",
-                    help="wow-ca's state directory (default: %(default)s)")
-    ca.add_argument("--socket", default="",
-                    help="wow-ca's control socket (default: STATE_DIR/control.sock)")
+    ca.add_argument(
+        "--state-dir",
+        default="/var/lib/wow-ca",
+        help="wow-ca's state directory (default: %(default)s)",
+    )
+    ca.add_argument(
+        "--socket", default="", help="wow-ca's control socket (default: STATE_DIR/control.sock)"
+    )
     sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
 
     p = sub.add_parser("pending", help="list requests waiting for approval")
@@ -117,7 +125,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_reject)
 
     p = sub.add_parser("revoke", help="revoke certificates and re-sign the CRL")
-    p.add_argument("target", metavar="SERIAL|IP|HOSTNAME",
-                   help="a serial number, or every certificate of an IP address or host name")
+    p.add_argument(
+        "target",
+        metavar="SERIAL|IP|HOSTNAME",
+        help="a serial number, or every certificate of an IP address or host name",
+    )
     p.add_argument("--reason", default="", help="recorded with the revocation")
     p.set_defaults(func=cmd_revoke)

@@ -40,7 +40,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     hostname = (args.hostname or socket.gethostname()).lower()
     if not is_hostname(hostname):
-        print(f"wow enroll: {hostname!r} is not a valid host name (use --hostname)", file=sys.stderr)
+        print(
+            f"wow enroll: {hostname!r} is not a valid host name (use --hostname)", file=sys.stderr
+        )
         return EXIT_USAGE
     overlay = None
     if args.overlay_address:
@@ -52,9 +54,15 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"wow enroll: {e}", file=sys.stderr)
         return EXIT_USAGE
-    settings = EnrolSettings(url=args.ca, state_dir=args.state_dir, hostname=hostname,
-                             overlay=overlay, credentials=credentials,
-                             ca_fingerprint=args.ca_fingerprint, timeout=args.timeout)
+    settings = EnrolSettings(
+        url=args.ca,
+        state_dir=args.state_dir,
+        hostname=hostname,
+        overlay=overlay,
+        credentials=credentials,
+        ca_fingerprint=args.ca_fingerprint,
+        timeout=args.timeout,
+    )
     result: dict[str, Any] = {}
 
     async def main(reactor: Any) -> None:
@@ -73,8 +81,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             result["code"] = EXIT_UNREACHABLE if unreachable else EXIT_FAILED
 
     try:
-        task.react(lambda reactor: __import__("twisted.internet.defer", fromlist=["x"])
-                   .ensureDeferred(main(reactor)))
+        task.react(
+            lambda reactor: __import__("twisted.internet.defer", fromlist=["x"]).ensureDeferred(
+                main(reactor)
+            )
+        )
     except SystemExit as e:
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
@@ -83,20 +94,43 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("enroll", help="get this node's certificate from the CA (EST)")
-    p.add_argument("--ca", required=True, metavar="URL", help="the CA, e.g. https://10.128.0.2:8443")
+    p.add_argument(
+        "--ca", required=True, metavar="URL", help="the CA, e.g. https://10.128.0.2:8443"
+    )
     p.add_argument("--ip", required=True, help="this node's virtual IP (requests are sent from it)")
     p.add_argument("--hostname", default="", help="host name to certify (default: this host's)")
-    p.add_argument("--state-dir", default="/var/lib/wow",
-                   help="where host.key, host.pem and ca.pem go (default: %(default)s)")
-    p.add_argument("--ca-fingerprint", default="",
-                   help="SHA-256 fingerprint of the CA certificate (default: trust on first use)")
-    p.add_argument("--credentials", default="", metavar="FILE",
-                   help="file with user:password for a CA using the ldap policy")
-    p.add_argument("--overlay-address", default="", metavar="HEX",
-                   help="the node's 160-bit overlay address (40 hex digits), certified as a URI")
-    p.add_argument("--wait", type=float, default=3600,
-                   help="seconds to keep polling while approval is pending (0 = forever)")
-    p.add_argument("--renew", action="store_true",
-                   help="renew the installed certificate (simplereenroll) instead of enrolling")
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/wow",
+        help="where host.key, host.pem and ca.pem go (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ca-fingerprint",
+        default="",
+        help="SHA-256 fingerprint of the CA certificate (default: trust on first use)",
+    )
+    p.add_argument(
+        "--credentials",
+        default="",
+        metavar="FILE",
+        help="file with user:password for a CA using the ldap policy",
+    )
+    p.add_argument(
+        "--overlay-address",
+        default="",
+        metavar="HEX",
+        help="the node's 160-bit overlay address (40 hex digits), certified as a URI",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3600,
+        help="seconds to keep polling while approval is pending (0 = forever)",
+    )
+    p.add_argument(
+        "--renew",
+        action="store_true",
+        help="renew the installed certificate (simplereenroll) instead of enrolling",
+    )
     p.add_argument("--timeout", type=float, default=30, help="seconds per HTTPS request")
     p.set_defaults(func=cmd_enroll)

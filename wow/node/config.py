@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from wow.ca.config import NodeCaSection
 from wow.util.config import ConfigError, build, load_toml
 
 #: Linux IFNAMSIZ is 16 including the terminating NUL.
@@ -195,6 +196,7 @@ class NodeConfig:
     dhcp: DhcpSection = field(default_factory=DhcpSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
     control: ControlSection = field(default_factory=ControlSection)
+    ca: NodeCaSection = field(default_factory=NodeCaSection)
 
     def validate(self) -> None:
         net = self.network.network

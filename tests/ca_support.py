@@ -95,3 +95,32 @@ class CaFixture:
 
     def _revoked(self) -> None:
         self.revocations += 1
+
+
+async def start_ca(testcase: Any, **sections: dict[str, Any]) -> Any:
+    """
+    A whole CaService on the real reactor, HTTPS on 127.0.0.1 (any port),
+    stopped in cleanup.  Returns the service; C{service.url} is its base URL.
+    """
+    import secrets
+
+    from twisted.internet import reactor
+
+    from wow.ca.config import load_ca_config
+    from wow.ca.service import CaService
+
+    state = os.path.abspath(testcase.mktemp())
+    overrides: dict[str, dict[str, Any]] = {
+        "ca": {"state_dir": state},
+        "listen": {"address": "127.0.0.1", "port": 0},
+        "control": {"socket": f"/tmp/wowca-test-{secrets.token_hex(4)}.sock"},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    service = CaService(load_ca_config(None, overrides), reactor)
+    service.privilegedStartService()
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    port = await service.https._waitingForPort
+    service.url = f"https://127.0.0.1:{port.getHost().port}"
+    return service

@@ -93,7 +93,7 @@ class CaFixture:
             on_revoked=self._revoked,
         )
 
-    def _revoked(self) -> None:
+    def _revoked(self, urgent: bool) -> None:
         self.revocations += 1
 
 

@@ -102,7 +102,7 @@ class Authority:
         counters: Counters | None = None,
         retry_after: int = 60,
         supersede: bool = True,
-        on_revoked: Callable[[], None] | None = None,
+        on_revoked: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -112,7 +112,10 @@ class Authority:
         self.counters = counters if counters is not None else Counters()
         self.retry_after = retry_after
         self.supersede = supersede
-        self.on_revoked = on_revoked or (lambda: None)
+        #: Called with C{urgent=True} after an administrator's revocation (the
+        #: CRL must change at once) and C{False} after supersession by a
+        #: newer certificate (a burst of renewals may share one new CRL).
+        self.on_revoked = on_revoked or (lambda urgent: None)
         self.counters.describe("ca_refused", "EST requests refused, by reason")
         self.counters.describe("ca_issued", "certificates issued, by how they were approved")
         self.counters.describe("ca_queued", "requests queued for manual approval")
@@ -250,7 +253,7 @@ class Authority:
                 via=via,
             )
             if superseded:
-                self.on_revoked()
+                self.on_revoked(False)
             return cert, rec
         raise StoreError("could not draw a free serial number")
 
@@ -386,7 +389,7 @@ class Authority:
         if not serials:
             raise AdminError(f"no unrevoked certificate matches {target!r}")
         self.log.info("revoked {serials}", serials=", ".join(serials))
-        self.on_revoked()
+        self.on_revoked(True)
         return serials
 
     def certificates(self) -> list[dict[str, Any]]:

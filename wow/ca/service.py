@@ -38,9 +38,14 @@ SERVER_CERT_LIFETIME = 365 * 86400
 
 
 class CrlPublisher:
-    """Keeps the current signed CRL; re-signed on every revocation and periodically."""
+    """
+    Keeps the current signed CRL: re-signed at once after an administrator's
+    revocation, within L{SOON} seconds after supersessions (so a burst of
+    renewals costs one signature), and periodically before C{nextUpdate}.
+    """
 
     log = Logger()
+    SOON = 1.0
 
     def __init__(self, store: Store, signer: Signer, clock: IReactorTime, lifetime: int) -> None:
         self.store = store
@@ -48,8 +53,19 @@ class CrlPublisher:
         self.clock = clock
         self.lifetime = lifetime
         self.der = b""
+        self._soon: Any = None
+
+    def changed(self, urgent: bool) -> None:
+        if urgent:
+            self.refresh()
+        elif self._soon is None:
+            self._soon = self.clock.callLater(self.SOON, self.refresh)
 
     def refresh(self) -> None:
+        if self._soon is not None:
+            if self._soon.active():
+                self._soon.cancel()
+            self._soon = None
         try:
             now = self.clock.seconds()
             self.der = build_crl(
@@ -62,6 +78,11 @@ class CrlPublisher:
             )
         except Exception:
             self.log.failure("could not re-sign the CRL")
+
+    def stop(self) -> None:
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
 
     def current(self) -> bytes:
         return self.der
@@ -188,7 +209,7 @@ class CaService(MultiService):
             self.counters,
             config.policy.retry_after,
             config.issue.revoke_superseded,
-            self.crl.refresh,
+            self.crl.changed,
         )
         key_pem, cert_pem = server_certificate(
             state, signer, self.store, config.listen.server_names, now
@@ -229,6 +250,8 @@ class CaService(MultiService):
 
     def stopService(self) -> Any:
         d = super().stopService()
+        if self.crl is not None:
+            self.crl.stop()
         if self.store is not None:
             store, self.store = self.store, None
             d.addBoth(lambda r: (store.close(), r)[1])

@@ -31,7 +31,7 @@ def ca_call(args: argparse.Namespace, command: str, request: dict[str, Any] | No
         unreachable = "no daemon" in message or "not running" in message
         if unreachable:
             message = f"no wow-ca is listening at {path} (is wow-ca running? see --state-dir)"
-        print(f"wow {args.ca_command}: {message}", file=sys.stderr)
+        print(f"wow ca {args.ca_command}: {message}", file=sys.stderr)
         raise SystemExit(EXIT_UNREACHABLE if unreachable else EXIT_FAILED) from None
 
 

@@ -34,10 +34,28 @@ class CaProcess:
         with open(self.log_path, "ab") as log:
             start = log.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile", "", "wow-ca",
-                 "--state-dir", self.state_dir, "--address", "127.0.0.1",
-                 "--listen", str(self.port), "--policy", self.policy],
-                stdout=log, stderr=subprocess.STDOUT, cwd=HERE, env=env)
+                [
+                    sys.executable,
+                    "-c",
+                    TWISTD,
+                    "-n",
+                    "--pidfile",
+                    "",
+                    "wow-ca",
+                    "--state-dir",
+                    self.state_dir,
+                    "--address",
+                    "127.0.0.1",
+                    "--listen",
+                    str(self.port),
+                    "--policy",
+                    self.policy,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=HERE,
+                env=env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as f:

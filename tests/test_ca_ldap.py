@@ -90,14 +90,21 @@ class LdapPolicyTests(TestCase):
 
     async def test_member_signs(self) -> None:
         group = "cn=wow-nodes,ou=groups,dc=example,dc=org"
-        self.assertEqual(await self.decide(("alice", "alice-secret"), group_dn=group),
-                         Sign("ldap:alice"))
+        self.assertEqual(
+            await self.decide(("alice", "alice-secret"), group_dn=group), Sign("ldap:alice")
+        )
 
     async def test_any_user_without_group(self) -> None:
         self.assertEqual(await self.decide(("bob", "bob-secret")), Sign("ldap:bob"))
 
-    async def assertRefused(self, reason: str, status: int, word: str,
-                            credentials: tuple[str, str] | None, **config: Any) -> None:
+    async def assertRefused(
+        self,
+        reason: str,
+        status: int,
+        word: str,
+        credentials: tuple[str, str] | None,
+        **config: Any,
+    ) -> None:
         decision = await self.decide(credentials, **config)
         self.assertIsInstance(decision, Refuse)
         self.assertEqual((decision.reason, decision.status), (reason, status), decision.sentence)
@@ -114,13 +121,19 @@ class LdapPolicyTests(TestCase):
 
     async def test_outside_group(self) -> None:
         group = "cn=wow-nodes,ou=groups,dc=example,dc=org"
-        await self.assertRefused("ldap-not-in-group", 403, "not a member", ("bob", "bob-secret"),
-                                 group_dn=group)
+        await self.assertRefused(
+            "ldap-not-in-group", 403, "not a member", ("bob", "bob-secret"), group_dn=group
+        )
 
     async def test_unreachable_directory(self) -> None:
         # Port 1 on loopback: nothing listens, the connection is refused.
-        await self.assertRefused("ldap-unreachable", 503, "unreachable", ("alice", "alice-secret"),
-                                 url="ldap://127.0.0.1:1")
+        await self.assertRefused(
+            "ldap-unreachable",
+            503,
+            "unreachable",
+            ("alice", "alice-secret"),
+            url="ldap://127.0.0.1:1",
+        )
 
     async def test_silent_directory_times_out(self) -> None:
         from twisted.internet.protocol import Protocol
@@ -128,14 +141,22 @@ class LdapPolicyTests(TestCase):
         silent = ServerFactory.forProtocol(Protocol)
         port = reactor.listenTCP(0, silent, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        await self.assertRefused("ldap-unreachable", 503, "unreachable", ("alice", "alice-secret"),
-                                 url=f"ldap://127.0.0.1:{port.getHost().port}", timeout=0.3)
+        await self.assertRefused(
+            "ldap-unreachable",
+            503,
+            "unreachable",
+            ("alice", "alice-secret"),
+            url=f"ldap://127.0.0.1:{port.getHost().port}",
+            timeout=0.3,
+        )
 
     async def test_no_credentials_or_empty_password_challenged(self) -> None:
         for creds in (None, ("alice", "")):
             decision = await self.decide(creds)
-            self.assertEqual((decision.status, decision.reason, decision.challenge),
-                             (401, "unauthenticated", True))
+            self.assertEqual(
+                (decision.status, decision.reason, decision.challenge),
+                (401, "unauthenticated", True),
+            )
 
 
 class LdapEnrolmentTests(TestCase):
@@ -148,19 +169,29 @@ class LdapEnrolmentTests(TestCase):
         from wow.ca.client import EstClient
 
         port = await directory(self)
-        service = await start_ca(self, policy={"kind": "ldap"}, ldap={
-            "url": f"ldap://127.0.0.1:{port}", "base_dn": "ou=people,dc=example,dc=org",
-            "group_dn": "cn=wow-nodes,ou=groups,dc=example,dc=org"})
+        service = await start_ca(
+            self,
+            policy={"kind": "ldap"},
+            ldap={
+                "url": f"ldap://127.0.0.1:{port}",
+                "base_dn": "ou=people,dc=example,dc=org",
+                "group_dn": "cn=wow-nodes,ou=groups,dc=example,dc=org",
+            },
+        )
         from cryptography.hazmat.primitives import serialization
 
         pem = service.authority.signer.cert.public_bytes(serialization.Encoding.PEM)
         client = EstClient(reactor, service.url, pem, "127.0.0.5")
         response, body = await client._request(
-            b"POST", "/.well-known/est/simpleenroll", make_csr(),
-            {b"content-type": [b"application/pkcs10"]})
+            b"POST",
+            "/.well-known/est/simpleenroll",
+            make_csr(),
+            {b"content-type": [b"application/pkcs10"]},
+        )
         self.assertEqual(response.code, 401)
-        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
-                         [b'Basic realm="wow-ca"'])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"www-authenticate"), [b'Basic realm="wow-ca"']
+        )
         bad = await client.post("simpleenroll", make_csr(), ("alice", "wrong"))
         self.assertEqual(bad.status, 403)
         self.assertEqual(service.store.certs("node"), [])

@@ -27,12 +27,15 @@ def readme_block() -> str:
     """The openssl + curl lines of the README (the ```sh block under Certificates)."""
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## Certificates (wow-ca)"):]
-    return section[section.index("```sh\n") + 6: section.index("```", section.index("```sh\n") + 6)]
+    section = text[text.index("## Certificates (wow-ca)") :]
+    return section[
+        section.index("```sh\n") + 6 : section.index("```", section.index("```sh\n") + 6)
+    ]
 
 
-def wow(*args: str, ns: str | None = None, lab: Lab | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def wow(
+    *args: str, ns: str | None = None, lab: Lab | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "wow", *args]
     if ns is not None:
         argv = Lab.ns_argv(ns, argv)
@@ -62,21 +65,28 @@ class RealCaTests(TestCase):
         """Start wow-ca; return its CA fingerprint."""
         config = os.path.join(self.lab.workdir, "wow-ca.toml")
         with open(config, "w") as f:
-            f.write(f'[ca]\nstate_dir = "{self.state}"\n'
-                    f'[listen]\naddress = "{CA_IP}"\nport = {PORT}\n'
-                    f'[policy]\nkind = "{policy}"\nretry_after = {retry_after}\n')
+            f.write(
+                f'[ca]\nstate_dir = "{self.state}"\n'
+                f'[listen]\naddress = "{CA_IP}"\nport = {PORT}\n'
+                f'[policy]\nkind = "{policy}"\nretry_after = {retry_after}\n'
+            )
         pid = os.path.join(self.lab.workdir, "ca.pid")
-        self.ca = self.lab.spawn(self.ns_ca, [sys.executable, "-c", TWISTD, "-n", "--pidfile", pid,
-                                              "wow-ca", "--config", config], "ca")
+        self.ca = self.lab.spawn(
+            self.ns_ca,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile", pid, "wow-ca", "--config", config],
+            "ca",
+        )
         self.lab.wait_for_log(self.ca, "wow-ca ready", timeout=30)
         match = re.search(r"fingerprint ([0-9a-f]{64})", self.lab.log_text(self.ca))
         assert match
         return match.group(1)
 
-    def sh(self, script: str, ns: str | None = None, check: bool = True
-           ) -> subprocess.CompletedProcess[bytes]:
-        return self.lab.ns_run(ns or self.ns_node, "bash", "-eo", "pipefail", "-c", script,
-                               check=check)
+    def sh(
+        self, script: str, ns: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        return self.lab.ns_run(
+            ns or self.ns_node, "bash", "-eo", "pipefail", "-c", script, check=check
+        )
 
     def test_openssl_and_curl_enrolment_renewal_and_revocation(self) -> None:
         fp = self.start_ca("auto")
@@ -113,19 +123,24 @@ class RealCaTests(TestCase):
             f"-keyout s.key -subj /CN=spoof -addext subjectAltName=IP:{NODE_IP} -outform DER "
             f"-out s.csr 2>/dev/null\nbase64 s.csr | curl -sS --cacert ca.pem --interface "
             f"{OTHER_IP} -H 'Content-Type: application/pkcs10' --data-binary @- "
-            f"-w '\\n%{{http_code}}' {self.url}/.well-known/est/simpleenroll")
+            f"-w '\\n%{{http_code}}' {self.url}/.well-known/est/simpleenroll"
+        )
         body, code = spoof.stdout.decode().strip().rsplit("\n", 1)
         self.assertEqual(code, "403")
         body = body.strip()
-        self.assertEqual(body, f"the request's IP subjectAltName {NODE_IP} is not the address "
-                         f"it came from ({OTHER_IP}).")
+        self.assertEqual(
+            body,
+            f"the request's IP subjectAltName {NODE_IP} is not the address "
+            f"it came from ({OTHER_IP}).",
+        )
 
         # Revocation by IP reaches the CRL at once.
         revoked = wow("ca", "--state-dir", self.state, "revoke", NODE_IP)
         self.assertEqual(revoked.returncode, 0, revoked.stderr)
         self.assertIn(f"{new.serial_number:032x}", revoked.stdout)
-        crl = self.sh(f"curl -sS --cacert {work}/ca.pem {self.url}/crl "
-                      f"| openssl crl -inform DER -noout -text").stdout.decode()
+        crl = self.sh(
+            f"curl -sS --cacert {work}/ca.pem {self.url}/crl | openssl crl -inform DER -noout -text"
+        ).stdout.decode()
         self.assertIn(f"{new.serial_number:032X}", crl)
         self.assertIn(f"{host.serial_number:032X}", crl)
         self.assertIn("Next Update:", crl)
@@ -138,10 +153,28 @@ class RealCaTests(TestCase):
     def test_wow_enroll_waits_for_manual_approval(self) -> None:
         fp = self.start_ca("manual", retry_after=1)
         node_state = os.path.join(self.lab.workdir, "node-state")
-        enroll = self.lab.spawn(self.ns_node, [
-            sys.executable, "-m", "wow", "enroll", "--ca", self.url, "--ip", NODE_IP,
-            "--hostname", "node5", "--state-dir", node_state, "--ca-fingerprint", fp,
-            "--wait", "60"], "enroll")
+        enroll = self.lab.spawn(
+            self.ns_node,
+            [
+                sys.executable,
+                "-m",
+                "wow",
+                "enroll",
+                "--ca",
+                self.url,
+                "--ip",
+                NODE_IP,
+                "--hostname",
+                "node5",
+                "--state-dir",
+                node_state,
+                "--ca-fingerprint",
+                fp,
+                "--wait",
+                "60",
+            ],
+            "enroll",
+        )
         pending: list[dict[str, object]] = []
 
         def queued() -> bool:
@@ -159,14 +192,16 @@ class RealCaTests(TestCase):
         self.assertEqual(enroll.wait(30), 0, self.lab.log_text(enroll))
         self.assertIn("waiting for approval", self.lab.log_text(enroll))
         cert = x509.load_pem_x509_certificate(
-            open(os.path.join(node_state, "host.pem"), "rb").read())
+            open(os.path.join(node_state, "host.pem"), "rb").read()
+        )
         self.assertIn(f"{cert.serial_number:032x}", approved.stdout)
         self.assertEqual(os.stat(os.path.join(node_state, "host.key")).st_mode & 0o777, 0o600)
 
         # Clear errors from the admin commands.
         bad = wow("ca", "--state-dir", self.state, "reject", "999")
-        self.assertEqual((bad.returncode, bad.stderr.strip()),
-                         (1, "wow ca reject: there is no request 999"))
+        self.assertEqual(
+            (bad.returncode, bad.stderr.strip()), (1, "wow ca reject: there is no request 999")
+        )
         gone = wow("ca", "--socket", "/nonexistent/ca.sock", "list")
         self.assertEqual(gone.returncode, 3)
         self.assertIn("no wow-ca is listening", gone.stderr)
@@ -176,10 +211,16 @@ class StartupErrorTests(TestCase):
     def test_bad_config_is_one_sentence(self) -> None:
         result = subprocess.run(
             [sys.executable, "-c", TWISTD, "-n", "wow-ca", "--policy", "sometimes"],
-            capture_output=True, text=True, timeout=60, cwd=HERE)
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=HERE,
+        )
         self.assertEqual(result.returncode, 2)
-        self.assertEqual(result.stderr.strip(),
-                         "wow-ca: policy.kind 'sometimes' is not one of auto, manual, ldap.")
+        self.assertEqual(
+            result.stderr.strip(),
+            "wow-ca: policy.kind 'sometimes' is not one of auto, manual, ldap.",
+        )
 
     def test_port_in_use_is_one_sentence(self) -> None:
         import socket
@@ -190,10 +231,26 @@ class StartupErrorTests(TestCase):
         self.addCleanup(busy.close)
         state = os.path.abspath(self.mktemp())
         result = subprocess.run(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile", "", "wow-ca", "--state-dir", state,
-             "--address", "127.0.0.1", "--listen", str(busy.getsockname()[1])],
-            capture_output=True, text=True, timeout=60, cwd=HERE)
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile",
+                "",
+                "wow-ca",
+                "--state-dir",
+                state,
+                "--address",
+                "127.0.0.1",
+                "--listen",
+                str(busy.getsockname()[1]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=HERE,
+        )
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn("wow-ca: cannot listen on port", result.stderr)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
-

@@ -1,0 +1,132 @@
+"""wow-ca's configuration, its twistd options, the node's [ca] section and the enrolment plan."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.ca_support import NOW, b64, make_csr
+from wow.ca.client import Enrol, Reenrol, WaitUntil, node_enroller, plan
+from wow.ca.config import CaConfig, load_ca_config
+from wow.ca.csr import CsrRules, check_request
+from wow.ca.issue import Signer, create_ca, parse_est_certs
+from wow.node.config import load_node_config
+from wow.util.config import ConfigError
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CaConfigTests(SynchronousTestCase):
+    def test_example_file_documents_the_defaults(self) -> None:
+        self.assertEqual(load_ca_config(os.path.join(HERE, "etc", "wow-ca.toml")), CaConfig())
+
+    def test_refusals_name_the_key(self) -> None:
+        cases = [
+            ({"policy": {"kind": "sometimes"}}, "policy.kind"),
+            ({"listen": {"port": 70000}}, "listen.port"),
+            ({"listen": {"address": "nowhere"}}, "listen.address"),
+            ({"issue": {"key_types": ["dsa"]}}, "issue.key_types"),
+            ({"issue": {"rsa_min_bits": 1024}}, "issue.rsa_min_bits"),
+            ({"issue": {"lifetime": 5}}, "issue.lifetime"),
+            ({"ldap": {"url": "http://x"}}, "ldap.url"),
+            ({"ldap": {"user_filter": "uid=x"}}, "ldap.user_filter"),
+            ({"crl": {"lifetime": 1}}, "crl.lifetime"),
+            ({"ca": {"colour": "red"}}, "ca.colour"),
+        ]
+        for overrides, word in cases:
+            with self.subTest(word):
+                with self.assertRaises(ConfigError) as cm:
+                    load_ca_config(None, overrides)
+                self.assertIn(word, str(cm.exception))
+
+    def test_server_names(self) -> None:
+        self.assertEqual(CaConfig().listen.server_names, ("127.0.0.1", "localhost"))
+        c = load_ca_config(None, {"listen": {"address": "10.128.0.2"}})
+        self.assertEqual(c.listen.server_names, ("10.128.0.2",))
+        c = load_ca_config(None, {"listen": {"tls_names": ["ca.wow", "10.1.1.1"]}})
+        self.assertEqual(c.listen.server_names, ("ca.wow", "10.1.1.1"))
+
+    def test_twistd_options(self) -> None:
+        from wow.ca.tap import Options
+
+        options = Options()
+        options.parseOptions(["--state-dir", "/tmp/x", "--listen", "9443", "--policy", "manual"])
+        assert options.config is not None
+        self.assertEqual(
+            (options.config.ca.state_dir, options.config.listen.port, options.config.policy.kind),
+            ("/tmp/x", 9443, "manual"),
+        )
+        self.assertEqual(options.config.control_socket, "/tmp/x/control.sock")
+
+
+class NodeSectionTests(SynchronousTestCase):
+    def test_node_ca_section(self) -> None:
+        c = load_node_config(None, {"ca": {"url": "https://10.128.0.2:8443"}})
+        self.assertEqual(c.ca.url, "https://10.128.0.2:8443")
+        for bad, word in (
+            ({"url": "http://x"}, "ca.url"),
+            ({"url": "https://x:99999"}, "ca.url"),
+            ({"ca_fingerprint": "abc"}, "ca.ca_fingerprint"),
+            ({"renew_before": 1}, "ca.renew_before"),
+        ):
+            with self.assertRaises(ConfigError) as cm:
+                load_node_config(None, {"ca": bad})
+            self.assertIn(word, str(cm.exception))
+
+    def test_node_enroller_only_with_url(self) -> None:
+        self.assertIsNone(node_enroller(load_node_config(None), None, lambda: None))
+        c = load_node_config(
+            None, {"ca": {"url": "https://10.128.0.2:8443"}, "node": {"name": "alpha"}}
+        )
+        enroller = node_enroller(c, None, lambda: "10.128.0.9", "ab" * 20)
+        assert enroller is not None
+        self.assertEqual(enroller.settings.hostname, "alpha")
+        self.assertEqual(enroller.settings.overlay, "urn:wow:node:" + "ab" * 20)
+        self.assertEqual(enroller.current_ip(), "10.128.0.9")
+
+
+class PlanTests(SynchronousTestCase):
+    """The node's sans-I/O decision: enrol, renew, or wait until when."""
+
+    def setUp(self) -> None:
+        self.ca_key, self.ca = create_ca("CA", 3650, NOW)
+        signer = Signer(self.ca_key, self.ca, 30 * 86400)
+        valid = check_request(b64(make_csr(cn="n1", ips=("10.128.0.5",))), "10.128.0.5", CsrRules())
+        self.cert = signer.issue(valid, 1234, NOW)
+        self.expires = self.cert.not_valid_after_utc.timestamp()
+
+    def test_table(self) -> None:
+        ip, day = "10.128.0.5", 86400
+        _, other_ca = create_ca("Other", 10, NOW)
+        cases = [
+            (NOW, None, True, self.ca, ip, Enrol),
+            (NOW, self.cert, False, self.ca, ip, Enrol),
+            (NOW, self.cert, True, other_ca, ip, Enrol),
+            (NOW, self.cert, True, self.ca, "10.128.0.6", Enrol),
+            (self.expires + 1, self.cert, True, self.ca, ip, Enrol),
+            (self.expires - 6 * day, self.cert, True, self.ca, ip, Reenrol),
+            (NOW, self.cert, True, self.ca, ip, WaitUntil),
+        ]
+        for now, cert, matches, ca, node_ip, kind in cases:
+            with self.subTest(f"{kind.__name__} {now - NOW}"):
+                self.assertIsInstance(plan(now, cert, matches, ca, node_ip, "n1", 7 * day), kind)
+        wait = plan(NOW, self.cert, True, self.ca, ip, "n1", 7 * day)
+        assert isinstance(wait, WaitUntil)
+        self.assertEqual(wait.when, self.expires - 7 * day)
+        # A renewal window longer than the lifetime is capped at halfway.
+        wait = plan(NOW, self.cert, True, self.ca, ip, "n1", 365 * day)
+        assert isinstance(wait, WaitUntil)
+        self.assertAlmostEqual(wait.when, NOW - 60 + (self.expires - NOW + 60) / 2, delta=1)
+        self.assertIsInstance(plan(NOW, self.cert, True, self.ca, ip, "renamed", 7 * day), Enrol)
+
+
+class EstBodyFuzzTests(SynchronousTestCase):
+    @given(st.binary(max_size=2000))
+    def test_certs_only_parser_raises_only_value_error(self, data: bytes) -> None:
+        try:
+            parse_est_certs(data)
+        except ValueError:
+            pass

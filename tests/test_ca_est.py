@@ -202,4 +202,3 @@ class EstTests(TestCase):
             await Enrolment(reactor, s, "127.0.0.5").run()
         self.assertTrue(cm.exception.temporary)
         self.assertIn("cannot reach", str(cm.exception))
-

@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 
-
 from cryptography import x509
 from twisted.trial.unittest import SkipTest, TestCase
 

@@ -154,10 +154,10 @@ class Authority:
                     source,
                 )
             )
-        d = defer.maybeDeferred(self.policy.decide, SigningRequest(csr, credentials))
-        d.addCallback(self._decided, csr, source)
-        d.addErrback(self._internal, source)
-        return d
+        decided = defer.maybeDeferred(self.policy.decide, SigningRequest(csr, credentials))
+        outcome: defer.Deferred[Outcome] = decided.addCallback(self._decided, csr, source)
+        outcome.addErrback(self._internal, source)
+        return outcome
 
     def _seen(self, csr: ValidCsr, source: str) -> Outcome | None:
         """The outcome for a CSR we know already: a poll, or a replay."""

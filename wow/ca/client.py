@@ -34,6 +34,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
@@ -288,7 +289,7 @@ def _why(e: Exception) -> str:
     from twisted.web.client import ResponseNeverReceived
 
     if isinstance(e, ResponseNeverReceived) and e.reasons:
-        return e.reasons[0].getErrorMessage()
+        return str(e.reasons[0].getErrorMessage())
     return str(e) or type(e).__name__
 
 
@@ -521,11 +522,11 @@ class Enroller(Service):
     def startService(self) -> None:
         super().startService()
         self._loop = defer.ensureDeferred(self.loop())
-        self._loop.addErrback(
-            lambda f: (
-                None if f.check(defer.CancelledError) else self.log.failure("enroller stopped", f)
-            )
-        )
+        self._loop.addErrback(self._stopped)
+
+    def _stopped(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):
+            self.log.failure("enroller stopped", failure)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -551,7 +552,7 @@ class Enroller(Service):
         if isinstance(what, WaitUntil):
             if not self.installed.called and cert is not None:
                 self.installed.callback(cert)
-            return what.when - now
+            return float(what.when - now)
         try:
             new = await Enrolment(self.reactor, self.settings, ip).run(
                 renew=isinstance(what, Reenrol)

@@ -57,7 +57,7 @@ class EstRequest(server.Request):
 
 
 class EstSite(server.Site):
-    requestFactory = EstRequest  # type: ignore[assignment]
+    requestFactory = EstRequest
 
     def __init__(self, root: resource.Resource, max_body: int, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
@@ -91,7 +91,7 @@ def render_refusal(request: server.Request, refusal: Refusal) -> bytes:
 
 
 def source_address(request: server.Request) -> str:
-    return str(request.getClientAddress().host)  # type: ignore[attr-defined]
+    return str(request.getClientAddress().host)
 
 
 def peer_certificate(request: server.Request) -> x509.Certificate | None:
@@ -127,7 +127,7 @@ class _EnrollBase(resource.Resource):
     def render_POST(self, request: server.Request) -> bytes | int:
         source = source_address(request)
         if getattr(request, "too_large", False):
-            limit = getattr(request.channel.site, "max_body", 0) if request.channel else 0
+            limit = getattr(getattr(request.channel, "site", None), "max_body", 0)
             return render_refusal(
                 request,
                 self.authority.refuse(
@@ -147,8 +147,12 @@ class _EnrollBase(resource.Resource):
             )
         assert request.content is not None
         body = request.content.read()
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
+        finished: list[object] = []
+
+        def done(result: object) -> None:
+            finished.append(result)
+
+        request.notifyFinish().addBoth(done)
         d = self.process(request, body, source)
 
         def answer(outcome: Outcome) -> None:

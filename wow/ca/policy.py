@@ -67,7 +67,7 @@ class ISigningPolicy(Interface):
 
     name = Attribute("The policy's name as written in policy.kind.")
 
-    def decide(request: SigningRequest) -> defer.Deferred[Decision]:  # type: ignore[misc]
+    def decide(request: SigningRequest) -> defer.Deferred[Decision]:
         """Fire with L{Sign}, L{Queue} or L{Refuse}; never errback for a refusal."""
 
 

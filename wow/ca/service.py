@@ -254,7 +254,12 @@ class CaService(MultiService):
             self.crl.stop()
         if self.store is not None:
             store, self.store = self.store, None
-            d.addBoth(lambda r: (store.close(), r)[1])
+
+            def close(result: Any) -> Any:
+                store.close()
+                return result
+
+            d.addBoth(close)
         return d
 
     def _expire_pending(self) -> None:

@@ -130,3 +130,52 @@ class EstBodyFuzzTests(SynchronousTestCase):
             parse_est_certs(data)
         except ValueError:
             pass
+
+
+class CaFilesTests(SynchronousTestCase):
+    """The CA key and certificate are created once, private, and reloaded."""
+
+    def test_created_once_0600_then_reloaded(self) -> None:
+        import stat
+
+        from wow.ca.issue import load_or_create_ca
+
+        state = self.mktemp()
+        os.makedirs(state)
+        key, cert, created = load_or_create_ca(state, "CA", 10, NOW)
+        self.assertTrue(created)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(state, "ca.key")).st_mode), 0o600)
+        self.assertEqual(cert.public_key().curve.name, "secp256r1")  # type: ignore[union-attr]
+        again_key, again, created = load_or_create_ca(state, "CA", 10, NOW + 5)
+        self.assertFalse(created)
+        self.assertEqual(again, cert)
+        # A key that does not match the certificate is a start-up error, not a new CA.
+        other = self.mktemp()
+        os.makedirs(other)
+        load_or_create_ca(other, "CA", 10, NOW)
+        os.replace(os.path.join(other, "ca.key"), os.path.join(state, "ca.key"))
+        with self.assertRaises(ValueError) as cm:
+            load_or_create_ca(state, "CA", 10, NOW)
+        self.assertIn("does not match", str(cm.exception))
+
+    def test_server_certificate_reused_until_names_change(self) -> None:
+        from cryptography import x509
+
+        from wow.ca.service import server_certificate
+        from wow.ca.store import Store
+
+        state = self.mktemp()
+        os.makedirs(state)
+        signer = Signer(*create_ca("CA", 3650, NOW), 86400)
+        store = Store(os.path.join(state, "ca.sqlite"))
+        self.addCleanup(store.close)
+        _, first = server_certificate(state, signer, store, ("127.0.0.1",), NOW)
+        _, same = server_certificate(state, signer, store, ("127.0.0.1",), NOW + 10)
+        self.assertEqual(first, same)
+        _, renamed = server_certificate(state, signer, store, ("10.128.0.2", "ca.wow"), NOW)
+        cert = x509.load_pem_x509_certificate(renamed)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual([str(v) for v in san.get_values_for_type(x509.IPAddress)], ["10.128.0.2"])
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["ca.wow"])
+        cert.verify_directly_issued_by(signer.cert)
+        self.assertEqual([r.kind for r in store.certs()], ["server", "server"])

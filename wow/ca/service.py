@@ -35,6 +35,8 @@ from wow.util.durable import atomic_write, ensure_private_directory
 
 #: The CA's own HTTPS certificate is renewed when less than this fraction of its life remains.
 SERVER_CERT_LIFETIME = 365 * 86400
+#: Seconds an HTTPS connection may stay idle (slow or stuck clients are cut off).
+IDLE_TIMEOUT = 60
 
 
 class CrlPublisher:
@@ -216,7 +218,7 @@ class CaService(MultiService):
         )
         tls = EstTlsContextFactory(key_pem, cert_pem, cert)
         root = build_root(self.authority, self.crl.current, self.health)
-        site = EstSite(root, config.issue.max_request_bytes)
+        site = EstSite(root, config.issue.max_request_bytes, timeout=IDLE_TIMEOUT)
         endpoint = SSL4ServerEndpoint(
             reactor, config.listen.port, tls, interface=config.listen.address
         )

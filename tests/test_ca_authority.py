@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 
 from cryptography import x509
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -279,3 +281,19 @@ class ReenrollTests(SynchronousTestCase):
         out = self.reenroll(self.current.cert)
         assert isinstance(out, Refusal)
         self.assertEqual(out.reason, "expired-client-cert")
+
+
+class AuthorityFuzzTests(SynchronousTestCase):
+    """Whatever arrives, the authority answers with a refusal and stores nothing."""
+
+    def setUp(self) -> None:
+        self.ca = CaFixture(self.mktemp(), policy=ManualPolicy())
+
+    @given(st.binary(max_size=2000), st.sampled_from(["127.0.0.5", "::1", "::ffff:127.0.0.5"]))
+    def test_arbitrary_bodies(self, body: bytes, source: str) -> None:
+        out = result(self.ca.authority.enroll(body, source))
+        self.assertIsInstance(out, Refusal)
+        out = result(self.ca.authority.reenroll(body, source, None))
+        self.assertIsInstance(out, Refusal)
+        self.assertEqual(self.ca.store.certs(), [])
+        self.assertEqual(self.ca.store.requests(None), [])

@@ -179,3 +179,42 @@ class CaFilesTests(SynchronousTestCase):
         self.assertEqual(san.get_values_for_type(x509.DNSName), ["ca.wow"])
         cert.verify_directly_issued_by(signer.cert)
         self.assertEqual([r.kind for r in store.certs()], ["server", "server"])
+
+
+class EnrollUsageTests(SynchronousTestCase):
+    """C{wow enroll} refuses bad arguments with one sentence and exit status 2, offline."""
+
+    def run_enroll(self, *args: str) -> tuple[int, str]:
+        import contextlib
+        import io
+
+        from wow.cli.main import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(
+                ["enroll", "--ca", "https://127.0.0.1:1", "--state-dir", self.mktemp(), *args]
+            )
+        return code, err.getvalue().strip()
+
+    def test_bad_arguments(self) -> None:
+        creds = self.mktemp()
+        with open(creds, "w") as f:
+            f.write("no-colon-here\n")
+        cases = [
+            (("--ip", "10.1.2"), "is not an IP address"),
+            (("--ip", "10.1.2.3", "--hostname", "bad_name"), "not a valid host name"),
+            (("--ip", "10.1.2.3", "--hostname", "n", "--overlay-address", "xyz"), "40 hex digits"),
+            (("--ip", "10.1.2.3", "--hostname", "n", "--credentials", creds), "user:password"),
+            (
+                ("--ip", "10.1.2.3", "--hostname", "n", "--credentials", "/nonexistent"),
+                "No such file",
+            ),
+        ]
+        for args, words in cases:
+            with self.subTest(args):
+                code, err = self.run_enroll(*args)
+                self.assertEqual(code, 2)
+                self.assertTrue(err.startswith("wow enroll: "), err)
+                self.assertIn(words, err)
+                self.assertEqual(len(err.splitlines()), 1)

@@ -201,3 +201,53 @@ class LdapEnrolmentTests(TestCase):
         self.assertEqual(rec.via, "ldap:alice")
         self.assertEqual(service.counters.get("ca_refused", reason="unauthenticated"), 1)
         self.assertEqual(service.counters.get("ca_refused", reason="ldap-bad-password"), 1)
+
+
+class LdapsTests(TestCase):
+    """ldaps://: the password only crosses a TLS connection to a verified directory."""
+
+    timeout = 30
+
+    async def directory_tls(self) -> tuple[int, str, str]:
+        """Serve the LDIF directory over TLS; return port, its CA file, an unrelated CA file."""
+        import os
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from twisted.internet.ssl import PrivateCertificate
+
+        from wow.ca.issue import Signer, create_ca, private_pem
+
+        now = reactor.seconds()
+        signer = Signer(*create_ca("Directory CA", 10, now), 86400)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = signer.issue_server(key.public_key(), ("127.0.0.1",), 77, now, 3600)
+        pem = private_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
+        root = await inmemory.fromLDIFFile(BytesIO(LDIF))
+        options = PrivateCertificate.loadPEM(pem).options()
+        port = reactor.listenSSL(0, _Factory(root), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        work = self.mktemp()
+        os.makedirs(work)
+        files = []
+        for name, ca in (("good.pem", signer.cert), ("other.pem", create_ca("X", 10, now)[1])):
+            path = os.path.join(work, name)
+            with open(path, "wb") as f:
+                f.write(ca.public_bytes(serialization.Encoding.PEM))
+            files.append(path)
+        return port.getHost().port, files[0], files[1]
+
+    async def test_ldaps_verified_directory(self) -> None:
+        port, good, other = await self.directory_tls()
+        csr = check_request(make_csr(ec_key()), "127.0.0.5", CsrRules())
+        request = SigningRequest(csr, ("alice", "alice-secret"))
+        section = LdapSection(
+            url=f"ldaps://127.0.0.1:{port}", ca_file=good, base_dn="ou=people,dc=example,dc=org"
+        )
+        self.assertEqual(await LdapPolicy(section, reactor).decide(request), Sign("ldap:alice"))
+        untrusted = LdapSection(
+            url=f"ldaps://127.0.0.1:{port}", ca_file=other, base_dn="ou=people,dc=example,dc=org"
+        )
+        decision = await LdapPolicy(untrusted, reactor).decide(request)
+        self.assertIsInstance(decision, Refuse)
+        self.assertEqual((decision.status, decision.reason), (503, "ldap-tls"), decision.sentence)

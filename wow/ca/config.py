@@ -133,8 +133,12 @@ class PolicySection:
 class LdapSection:
     """[ldap]: the site directory the C{ldap} policy binds against."""
 
-    #: Directory URL, ldap://HOST:PORT.
+    #: Directory URL: ldap://HOST[:PORT], or ldaps://HOST[:PORT] for LDAP over TLS
+    #: (use ldaps whenever the directory is not on this host: passwords cross it).
     url: str = "ldap://127.0.0.1:389"
+    #: PEM file of the CA that signed the directory's TLS certificate (ldaps);
+    #: "" = the system's trusted CAs.
+    ca_file: str = ""
     #: Where users are searched for.
     base_dn: str = "ou=people,dc=example,dc=org"
     #: Filter finding one user; {user} is replaced by the escaped user name.
@@ -156,8 +160,8 @@ class LdapSection:
             port = parts.port
         except ValueError:
             port = -1
-        if parts.scheme != "ldap" or not parts.hostname or port == -1:
-            raise ConfigError(f"ldap.url {self.url!r} must look like ldap://HOST[:PORT]")
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or port == -1:
+            raise ConfigError(f"ldap.url {self.url!r} must look like ldap[s]://HOST[:PORT]")
         if "{user}" not in self.user_filter or not self.user_filter.startswith("("):
             raise ConfigError("ldap.user_filter must be an LDAP filter containing {user}")
         if not 0.1 <= self.timeout <= 120:
@@ -169,7 +173,11 @@ class LdapSection:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 389
+        return urlsplit(self.url).port or (636 if self.tls else 389)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "ldaps"
 
 
 @dataclass(frozen=True)

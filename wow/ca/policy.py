@@ -141,10 +141,7 @@ class LdapPolicy:
         from ldaptor.protocols import pureldap
         from ldaptor.protocols.ldap import distinguishedname, ldapclient, ldaperrors, ldapsyntax
 
-        endpoint = TCP4ClientEndpoint(
-            self.reactor, self.config.host, self.config.port, timeout=self.config.timeout
-        )
-        client = await connectProtocol(endpoint, ldapclient.LDAPClient())
+        client = await connectProtocol(self._endpoint(), ldapclient.LDAPClient())
         try:
             await client.bind(self.config.bind_dn, self.bind_password)
             base = ldapsyntax.LDAPEntry(client, self.config.base_dn)
@@ -196,9 +193,37 @@ class LdapPolicy:
             if client.connected:
                 client.transport.loseConnection()
 
+    def _endpoint(self) -> Any:
+        """TCP, or TLS verified against C{ldap.ca_file} (or the system's CAs) for ldaps."""
+        host, port, timeout = self.config.host, self.config.port, self.config.timeout
+        if not self.config.tls:
+            return TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        from twisted.internet.endpoints import SSL4ClientEndpoint
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
+        trust: Any = platformTrust()
+        if self.config.ca_file:
+            with open(self.config.ca_file, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+        options = optionsForClientTLS(host, trustRoot=trust)
+        return SSL4ClientEndpoint(self.reactor, host, port, options, timeout=timeout)
+
     def _failed(self, failure: Any, user: str) -> Decision:
         from ldaptor.protocols.ldap.ldapclient import LDAPClientConnectionLostException
+        from OpenSSL import SSL
 
+        if failure.check(SSL.Error):
+            self.log.warn(
+                "LDAP directory {url}: TLS failed: {why}",
+                url=self.config.url,
+                why=failure.getErrorMessage(),
+            )
+            return Refuse(
+                503,
+                "ldap-tls",
+                "the user directory's TLS certificate could not be "
+                "verified, so the password was not sent",
+            )
         if failure.check(
             error.ConnectError,
             error.TimeoutError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import socket
 import sys
 from typing import Any
@@ -46,13 +47,20 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     overlay = None
     if args.overlay_address:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", args.overlay_address):
+            print("wow enroll: --overlay-address must be 40 hex digits", file=sys.stderr)
+            return EXIT_USAGE
         overlay = OVERLAY_URI_PREFIX + args.overlay_address.lower()
     credentials = None
     try:
         if args.credentials:
             credentials = read_credentials(args.credentials)
-    except (OSError, ValueError) as e:
-        print(f"wow enroll: {e}", file=sys.stderr)
+        elif args.user:
+            import getpass
+
+            credentials = (args.user, getpass.getpass(f"directory password for {args.user}: "))
+    except (OSError, ValueError, EOFError) as e:
+        print(f"wow enroll: {e or 'no password given'}", file=sys.stderr)
         return EXIT_USAGE
     settings = EnrolSettings(
         url=args.ca,
@@ -114,6 +122,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="",
         metavar="FILE",
         help="file with user:password for a CA using the ldap policy",
+    )
+    p.add_argument(
+        "--user",
+        default="",
+        help="directory user for a CA using the ldap policy (the password is asked for)",
     )
     p.add_argument(
         "--overlay-address",

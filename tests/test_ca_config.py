@@ -34,6 +34,7 @@ class CaConfigTests(SynchronousTestCase):
             ({"ldap": {"url": "http://x"}}, "ldap.url"),
             ({"ldap": {"user_filter": "uid=x"}}, "ldap.user_filter"),
             ({"crl": {"lifetime": 1}}, "crl.lifetime"),
+            ({"issue": {"networks": ["10.0.0.1/8"]}}, "issue.networks"),
             ({"ca": {"colour": "red"}}, "ca.colour"),
         ]
         for overrides, word in cases:

@@ -184,6 +184,12 @@ class RefusalTableTests(SynchronousTestCase):
             with self.subTest(name):
                 self.assertRefused(body, reason, status, word)
 
+    def test_address_outside_the_wow(self) -> None:
+        rules = CsrRules(networks=("10.128.0.0/16",))
+        self.assertRefused(b64(make_csr()), "ip-outside", 403, "10.128.0.0/16", rules)
+        v = check_request(b64(make_csr(ips=("10.128.3.4",))), "10.128.3.4", rules)
+        self.assertEqual(v.ip, "10.128.3.4")
+
     def test_key_type_switched_off(self) -> None:
         self.assertRefused(
             b64(make_csr()), "key-type", 400, "secp256r1", CsrRules(key_types=("rsa",))

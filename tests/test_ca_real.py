@@ -68,6 +68,7 @@ class RealCaTests(TestCase):
                 f'[ca]\nstate_dir = "{self.state}"\n'
                 f'[listen]\naddress = "{CA_IP}"\nport = {PORT}\n'
                 f'[policy]\nkind = "{policy}"\nretry_after = {retry_after}\n'
+                '[issue]\nnetworks = ["10.77.0.0/24"]\n'
             )
         pid = os.path.join(self.lab.workdir, "ca.pid")
         self.ca = self.lab.spawn(

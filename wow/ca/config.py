@@ -86,6 +86,8 @@ class IssueSection:
     max_request_bytes: int = 16384
     #: Revoke a node's earlier certificates for the same IP when a new one is issued.
     revoke_superseded: bool = True
+    #: Networks certified addresses must lie in (the WOW's virtual subnets); [] = any.
+    networks: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not 60 <= self.lifetime <= 10 * 365 * 24 * 3600:
@@ -101,6 +103,11 @@ class IssueSection:
             raise ConfigError(
                 f"issue.rsa_min_bits {self.rsa_min_bits} must be between 2048 and 8192"
             )
+        for net in self.networks:
+            try:
+                ipaddress.ip_network(net, strict=True)
+            except ValueError:
+                raise ConfigError(f"issue.networks entry {net!r} is not a network") from None
         if not 1024 <= self.max_request_bytes <= 1024 * 1024:
             raise ConfigError(
                 f"issue.max_request_bytes {self.max_request_bytes} must be between 1024 and 1048576"

@@ -52,6 +52,8 @@ class CsrRules:
     key_types: tuple[str, ...] = ("ec-p256", "ec-p384", "rsa", "ed25519")
     rsa_min_bits: int = 2048
     max_bytes: int = 16384
+    #: Networks certified addresses must lie in (the WOW's virtual subnets); () = any.
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,14 @@ def check_request(body: bytes, source_ip: str, rules: CsrRules) -> ValidCsr:
         raise CsrRefused(
             "wrong-ip",
             f"the request's IP subjectAltName {ip} is not the address it came from ({source})",
+            status=403,
+        )
+    if rules.networks and not any(
+        ipaddress.ip_address(ip) in ipaddress.ip_network(n) for n in rules.networks
+    ):
+        raise CsrRefused(
+            "ip-outside",
+            f"{ip} is not an address of this WOW ({', '.join(rules.networks)})",
             status=403,
         )
     return ValidCsr(

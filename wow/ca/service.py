@@ -200,7 +200,10 @@ class CaService(MultiService):
         signer = Signer(key, cert, config.issue.lifetime)
         self.crl = CrlPublisher(self.store, signer, reactor, config.crl.lifetime)
         rules = CsrRules(
-            config.issue.key_types, config.issue.rsa_min_bits, config.issue.max_request_bytes
+            config.issue.key_types,
+            config.issue.rsa_min_bits,
+            config.issue.max_request_bytes,
+            config.issue.networks,
         )
         self.authority = Authority(
             self.store,

@@ -197,6 +197,42 @@ class RealCaTests(TestCase):
         self.assertIn(f"{cert.serial_number:032x}", approved.stdout)
         self.assertEqual(os.stat(os.path.join(node_state, "host.key")).st_mode & 0o777, 0o600)
 
+        # Enrolling again is a no-op while the certificate is valid.
+        again = wow(
+            "enroll",
+            "--ca",
+            self.url,
+            "--ip",
+            NODE_IP,
+            "--hostname",
+            "node5",
+            "--state-dir",
+            node_state,
+            ns=self.ns_node,
+        )
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("already enrolled", again.stdout)
+        self.assertEqual(
+            wow("ca", "--state-dir", self.state, "pending", "--json").stdout.strip(), "[]"
+        )
+        # --renew renews at once with the installed certificate as TLS client certificate.
+        renewed = wow(
+            "enroll",
+            "--ca",
+            self.url,
+            "--ip",
+            NODE_IP,
+            "--hostname",
+            "node5",
+            "--state-dir",
+            node_state,
+            "--renew",
+            ns=self.ns_node,
+        )
+        self.assertEqual(renewed.returncode, 0, renewed.stderr)
+        listed = json.loads(wow("ca", "--state-dir", self.state, "list", "--json").stdout)
+        self.assertEqual(sorted(r["via"] for r in listed), ["manual", "reenroll"])
+
         # Clear errors from the admin commands.
         bad = wow("ca", "--state-dir", self.state, "reject", "999")
         self.assertEqual(

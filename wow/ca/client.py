@@ -21,6 +21,7 @@ import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -226,10 +227,6 @@ class EstClient:
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
     ) -> tuple[Any, bytes]:
-        from io import BytesIO
-
-        from twisted.web.client import FileBodyProducer
-
         producer = FileBodyProducer(BytesIO(body)) if body is not None else None
         try:
             d = self.agent.request(

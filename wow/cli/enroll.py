@@ -29,9 +29,17 @@ def read_credentials(path: str) -> tuple[str, str]:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from twisted.internet import task
+    from twisted.internet import defer, task
 
-    from wow.ca.client import EnrolError, Enrolment, EnrolSettings, installed
+    from wow.ca.client import (
+        EnrolError,
+        Enrolment,
+        EnrolSettings,
+        Reenrol,
+        WaitUntil,
+        installed,
+        plan,
+    )
     from wow.ca.csr import OVERLAY_URI_PREFIX, is_hostname
 
     try:
@@ -76,10 +84,20 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     async def main(reactor: Any) -> None:
         enrolment = Enrolment(reactor, settings, ip, report=lambda s: print(f"wow enroll: {s}"))
         deadline = reactor.seconds() + args.wait if args.wait > 0 else None
-        renew = False
-        if args.renew:
-            cert, matches, _ = installed(args.state_dir)
-            renew = cert is not None and matches
+        cert, matches, ca = installed(args.state_dir)
+        what = plan(reactor.seconds(), cert, matches, ca, ip, hostname, args.renew_before)
+        if isinstance(what, WaitUntil) and not (args.renew or args.force):
+            assert cert is not None
+            print(
+                f"wow enroll: already enrolled: certificate {cert.serial_number:032x} for {ip} "
+                f"is valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC "
+                f"(--renew or --force to replace it)"
+            )
+            result["code"] = EXIT_OK
+            return
+        renew = not args.force and (
+            isinstance(what, Reenrol) or (args.renew and isinstance(what, WaitUntil))
+        )
         try:
             await enrolment.run(renew=renew, deadline=deadline)
             result["code"] = EXIT_OK
@@ -89,11 +107,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             result["code"] = EXIT_UNREACHABLE if unreachable else EXIT_FAILED
 
     try:
-        task.react(
-            lambda reactor: __import__("twisted.internet.defer", fromlist=["x"]).ensureDeferred(
-                main(reactor)
-            )
-        )
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     except SystemExit as e:
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
@@ -143,7 +157,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--renew",
         action="store_true",
-        help="renew the installed certificate (simplereenroll) instead of enrolling",
+        help="renew the installed certificate now (simplereenroll)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="enrol afresh even if a valid certificate is installed"
+    )
+    p.add_argument(
+        "--renew-before",
+        type=float,
+        default=7 * 86400,
+        help="renew when the certificate expires within this many seconds (default: 7 days)",
     )
     p.add_argument("--timeout", type=float, default=30, help="seconds per HTTPS request")
     p.set_defaults(func=cmd_enroll)

@@ -500,6 +500,10 @@ class Enroller(Service):
     seconds before expiry, retries temporary failures with backoff.
 
     @param current_ip: returns the node's virtual IP, or None while it has none.
+    @param enrolment: makes the L{Enrolment} for one run (replaced in tests).
+
+    Call L{wake} when the node's lease changes, so a new IP is enrolled at
+    once rather than at the next planned renewal.
     """
 
     log = Logger()
@@ -507,12 +511,18 @@ class Enroller(Service):
     NO_IP_DELAY = 5.0
 
     def __init__(
-        self, reactor: Any, settings: EnrolSettings, current_ip: Callable[[], str | None]
+        self,
+        reactor: Any,
+        settings: EnrolSettings,
+        current_ip: Callable[[], str | None],
+        enrolment: Callable[[Any, EnrolSettings, str], Enrolment] = Enrolment,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.current_ip = current_ip
+        self.enrolment = enrolment
         self._loop: defer.Deferred[None] | None = None
+        self._sleeping: defer.Deferred[None] | None = None
         self.installed: defer.Deferred[x509.Certificate] = defer.Deferred()
         self.backoff = self.RETRY_MIN
 
@@ -531,12 +541,22 @@ class Enroller(Service):
             self._loop.cancel()
             self._loop = None
 
-    async def sleep(self, seconds: float) -> None:
-        await task.deferLater(self.reactor, max(seconds, 0), lambda: None)
+    def wake(self) -> None:
+        """Re-check now (the node's IP changed, or an administrator asked)."""
+        if self._sleeping is not None and not self._sleeping.called:
+            self._sleeping.cancel()
 
     async def loop(self) -> None:
         while self.running:
-            await self.sleep(await self.step())
+            delay = await self.step()
+            self._sleeping = task.deferLater(self.reactor, max(delay, 0), lambda: None)
+            try:
+                await self._sleeping
+            except defer.CancelledError:
+                if not self.running:
+                    raise
+            finally:
+                self._sleeping = None
 
     async def step(self) -> float:
         """One round; returns how long to sleep before the next."""
@@ -551,7 +571,7 @@ class Enroller(Service):
                 self.installed.callback(cert)
             return float(what.when - now)
         try:
-            new = await Enrolment(self.reactor, self.settings, ip).run(
+            new = await self.enrolment(self.reactor, self.settings, ip).run(
                 renew=isinstance(what, Reenrol)
             )
         except EnrolError as e:

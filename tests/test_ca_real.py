@@ -60,7 +60,7 @@ class RealCaTests(TestCase):
         self.state = os.path.join(lab.workdir, "ca-state")
         self.url = f"https://{CA_IP}:{PORT}"
 
-    def start_ca(self, policy: str, retry_after: int = 60) -> str:
+    def start_ca(self, policy: str, retry_after: int = 60, extra: str = "") -> str:
         """Start wow-ca; return its CA fingerprint."""
         config = os.path.join(self.lab.workdir, "wow-ca.toml")
         with open(config, "w") as f:
@@ -68,7 +68,7 @@ class RealCaTests(TestCase):
                 f'[ca]\nstate_dir = "{self.state}"\n'
                 f'[listen]\naddress = "{CA_IP}"\nport = {PORT}\n'
                 f'[policy]\nkind = "{policy}"\nretry_after = {retry_after}\n'
-                '[issue]\nnetworks = ["10.77.0.0/24"]\n'
+                '[issue]\nnetworks = ["10.77.0.0/24"]\n' + extra
             )
         pid = os.path.join(self.lab.workdir, "ca.pid")
         self.ca = self.lab.spawn(
@@ -241,6 +241,58 @@ class RealCaTests(TestCase):
         gone = wow("ca", "--socket", "/nonexistent/ca.sock", "list")
         self.assertEqual(gone.returncode, 3)
         self.assertIn("no wow-ca is listening", gone.stderr)
+
+    def test_curl_enrolment_against_ldap_directory(self) -> None:
+        directory = self.lab.spawn(
+            self.ns_ca, [sys.executable, "-m", "tests.ldap_server", "3389"], "ldap"
+        )
+        self.lab.wait_for_log(directory, "ldap directory ready", timeout=30)
+        self.start_ca(
+            "ldap",
+            extra=(
+                '[ldap]\nurl = "ldap://127.0.0.1:3389"\nbase_dn = "ou=people,dc=example,dc=org"\n'
+                'group_dn = "cn=wow-nodes,ou=groups,dc=example,dc=org"\n'
+            ),
+        )
+        work = os.path.join(self.lab.workdir, "node")
+        os.makedirs(work)
+        self.sh(
+            f"cd {work}\ncurl -sSk {self.url}/.well-known/est/cacerts | base64 -d "
+            "| openssl pkcs7 -inform DER -print_certs -out ca.pem"
+        )
+
+        def enrol(user: str) -> tuple[str, str]:
+            auth = f"-u {user}" if user else ""
+            out = self.sh(
+                f"cd {work}\nopenssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+                f"-nodes -keyout k.pem -subj /CN=node5 -addext subjectAltName=IP:{NODE_IP} "
+                f"-outform DER -out r.csr 2>/dev/null\nbase64 r.csr | curl -sS {auth} "
+                f"--cacert ca.pem --interface {NODE_IP} -H 'Content-Type: application/pkcs10' "
+                f"--data-binary @- -o body -w '%{{http_code}}' "
+                f"{self.url}/.well-known/est/simpleenroll"
+            ).stdout.decode()
+            with open(os.path.join(work, "body"), "rb") as f:
+                return out, f.read().decode(errors="replace").strip()
+
+        code, body = enrol("")
+        self.assertEqual(code, "401")
+        self.assertIn("user name and password", body)
+        code, body = enrol("alice:wrong")
+        self.assertEqual((code, body), ("403", "the password of directory user 'alice' is wrong."))
+        code, body = enrol("bob:bob-secret")
+        self.assertEqual(code, "403")
+        self.assertIn("not a member", body)
+        code, body = enrol("nobody:x")
+        self.assertEqual((code, body), ("403", "the directory has no user named 'nobody'."))
+        code, _ = enrol("alice:alice-secret")
+        self.assertEqual(code, "200")
+        listed = json.loads(wow("ca", "--state-dir", self.state, "list", "--json").stdout)
+        self.assertEqual([r["via"] for r in listed], ["ldap:alice"])
+        # The directory goes away: a temporary refusal, not a crash.
+        self.lab.stop(directory)
+        code, body = enrol("alice:alice-secret")
+        self.assertEqual(code, "503")
+        self.assertIn("unreachable", body)
 
 
 class StartupErrorTests(TestCase):

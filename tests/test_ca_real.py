@@ -286,7 +286,8 @@ class RealCaTests(TestCase):
         self.assertEqual((code, body), ("403", "the directory has no user named 'nobody'."))
         code, _ = enrol("alice:alice-secret")
         self.assertEqual(code, "200")
-        listed = json.loads(wow("ca", "--state-dir", self.state, "list", "--json").stdout)
+        # Options may also follow the sub-command.
+        listed = json.loads(wow("ca", "list", "--json", "--state-dir", self.state).stdout)
         self.assertEqual([r["via"] for r in listed], ["ldap:alice"])
         # The directory goes away: a temporary refusal, not a crash.
         self.lab.stop(directory)

@@ -104,27 +104,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ca.add_argument(
         "--socket", default="", help="wow-ca's control socket (default: STATE_DIR/control.sock)"
     )
+    # The same options after the sub-command (wow ca list --state-dir DIR); SUPPRESS
+    # keeps them from overwriting the values given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--state-dir", help="wow-ca's state directory")
+    common.add_argument("--socket", help="wow-ca's control socket")
     sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
 
-    p = sub.add_parser("pending", help="list requests waiting for approval")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = add("pending", help="list requests waiting for approval")
     add_json_option(p)
     p.set_defaults(func=cmd_pending)
 
-    p = sub.add_parser("list", help="list issued certificates and their state")
+    p = add("list", help="list issued certificates and their state")
     add_json_option(p)
     p.add_argument("--all", action="store_true", help="include the CA's own HTTPS certificates")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("approve", help="sign a pending request")
+    p = add("approve", help="sign a pending request")
     p.add_argument("id", type=int, help="request number (see wow ca pending)")
     p.set_defaults(func=cmd_approve)
 
-    p = sub.add_parser("reject", help="refuse a pending request")
+    p = add("reject", help="refuse a pending request")
     p.add_argument("id", type=int, help="request number (see wow ca pending)")
     p.add_argument("--reason", default="", help="told to the node on its next poll")
     p.set_defaults(func=cmd_reject)
 
-    p = sub.add_parser("revoke", help="revoke certificates and re-sign the CRL")
+    p = add("revoke", help="revoke certificates and re-sign the CRL")
     p.add_argument(
         "target",
         metavar="SERIAL|IP|HOSTNAME",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from wow.ca.config import NodeCaSection
 from wow.util.config import ConfigError, build, load_toml
 
 #: Linux IFNAMSIZ is 16 including the terminating NUL.
@@ -229,6 +230,7 @@ class NodeConfig:
     control: ControlSection = field(default_factory=ControlSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     web: WebSection = field(default_factory=WebSection)
+    ca: NodeCaSection = field(default_factory=NodeCaSection)
 
     def validate(self) -> None:
         net = self.network.network

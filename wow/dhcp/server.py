@@ -162,6 +162,14 @@ class DhcpServer:
         entry = self._local_by_ip.get(ip)
         return entry[0] if entry is not None and entry[1] > self.clock.seconds() else None
 
+    def ip_of(self, mac: bytes) -> IPv4Address | None:
+        """The address offered or bound to the client with C{mac}, if any."""
+        now = self.clock.seconds()
+        for ip, (m, expires) in self._local_by_ip.items():
+            if m == mac and expires > now:
+                return ip
+        return None
+
     def restore(self, leases: list[Lease]) -> None:
         """Seed the local view from the allocator's bound leases after a restart."""
         for lease in leases:

@@ -147,6 +147,13 @@ class NicService(Service):
             return None
         return self.server.mac_of(IPv4Address(ip))
 
+    def host_ip(self) -> str | None:
+        """The virtual IP the host's own DHCP client holds on this TAP, if any."""
+        if self.server is None or self.host_mac is None:
+            return None
+        ip = self.server.ip_of(self.host_mac)
+        return str(ip) if ip is not None else None
+
     def write_to_host(self, dst_mac: bytes, packet: bytes) -> None:
         """Deliver one IPv4 packet to a client on the TAP, from the router MAC."""
         if self.port is None:

@@ -41,6 +41,13 @@ class NodeService(MultiService):
         self.nic.setServiceParent(self)
         self.control.register("leases", self.nic.leases)
         self.status.contribute("nic", self.nic.status)
+        self.enroller = None
+        if config.ca.url:
+            from wow.ca.client import node_enroller
+
+            self.enroller = node_enroller(config, reactor, self.nic.host_ip)
+            if self.enroller is not None:
+                self.enroller.setServiceParent(self)
         if config.metrics.listen:
             from wow.prometheus import metrics_service
 

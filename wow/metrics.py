@@ -25,6 +25,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._values: dict[str, dict[LabelKey, float]] = defaultdict(dict)
+        self._gauges: dict[str, dict[LabelKey, float]] = defaultdict(dict)
         self._help: dict[str, str] = {}
 
     def describe(self, name: str, help_text: str) -> None:
@@ -36,6 +37,20 @@ class Counters:
         key = tuple(sorted(labels.items()))
         series = self._values[name]
         series[key] = series.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Set the gauge C{name} (a value that goes up and down) to C{value}."""
+        self._gauges[name][tuple(sorted(labels.items()))] = value
+
+    def gauge(self, name: str, **labels: str) -> float:
+        return self._gauges.get(name, {}).get(tuple(sorted(labels.items())), 0)
+
+    def gauge_names(self) -> Iterator[str]:
+        return iter(sorted(self._gauges))
+
+    def gauge_series(self, name: str) -> Iterator[tuple[dict[str, str], float]]:
+        for key, value in sorted(self._gauges.get(name, {}).items()):
+            yield dict(key), value
 
     def get(self, name: str, **labels: str) -> float:
         """

@@ -9,6 +9,13 @@ wowNode = ServiceMaker(
     "wow-node",
 )
 
+wowCA = ServiceMaker(
+    "WOW CA",
+    "wow.ca.tap",
+    "A WOW community CA: EST enrolment bound to virtual IPs, auto/manual/LDAP approval, CRL.",
+    "wow-ca",
+)
+
 wowDNS = ServiceMaker(
     "WOW DNS",
     "wow.dns.tap",

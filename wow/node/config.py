@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from wow.ca.config import NodeCaSection
 from wow.dns.config import NodeDnsSection
 from wow.util.config import ConfigError, build, load_toml
 
@@ -129,8 +130,10 @@ class DhcpSection:
             raise ConfigError(
                 f"dhcp.mode {self.mode!r} is not one of {', '.join(self.MODES)}"
             )
-        if not 60 <= self.lease_time <= 7 * 24 * 3600:
-            raise ConfigError(f"dhcp.lease_time {self.lease_time} must be between 60 and 604800")
+        # 10 s is far below any sensible production value, but lets tests
+        # watch a real client renew.
+        if not 10 <= self.lease_time <= 7 * 24 * 3600:
+            raise ConfigError(f"dhcp.lease_time {self.lease_time} must be between 10 and 604800")
         for key in ("pool_start", "pool_end"):
             value = getattr(self, key)
             if value:
@@ -186,6 +189,36 @@ class ControlSection:
     socket: str = ""
 
 
+def _check_listen(value: str, where: str) -> None:
+    """An optional ADDRESS:PORT setting ("" = off)."""
+    if value:
+        from wow.prometheus import parse_listen
+
+        parse_listen(value, where)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
+
+    #: ADDRESS:PORT to serve metrics on; "" = no metrics endpoint.
+    listen: str = ""
+
+    def validate(self) -> None:
+        _check_listen(self.listen, "metrics.listen")
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """[web]: the local status page with a live picture of the overlay."""
+
+    #: ADDRESS:PORT of the page (keep it local); "" = no page.
+    listen: str = ""
+
+    def validate(self) -> None:
+        _check_listen(self.listen, "web.listen")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """The whole validated configuration of one C{wow-node}."""
@@ -196,6 +229,9 @@ class NodeConfig:
     dhcp: DhcpSection = field(default_factory=DhcpSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
     control: ControlSection = field(default_factory=ControlSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    web: WebSection = field(default_factory=WebSection)
+    ca: NodeCaSection = field(default_factory=NodeCaSection)
     dns: NodeDnsSection = field(default_factory=NodeDnsSection)
 
     def validate(self) -> None:

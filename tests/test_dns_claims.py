@@ -158,6 +158,28 @@ class NodeDnsTests(SynchronousTestCase):
         node.lease_removed("10.128.0.5")
         self.assertEqual(parse(node.answer(query("alice.wow"), "10.128.0.5")).rCode, dns.ENAME)
 
+    def test_packets_from_the_tap(self) -> None:
+        from ipaddress import IPv4Address
+
+        from wow.net.ipv4 import PROTO_UDP, IPv4Packet, parse_ipv4
+        from wow.net.udp import UDPDatagram, build_udp, parse_udp
+
+        node = NodeDns(self.network, NodeDnsSection(), self.clock)
+        self.successResultOf(node.lease_added("10.128.0.5", 3600, "alice"))
+        host, gateway = IPv4Address("10.128.0.5"), IPv4Address("10.128.0.1")
+        udp = build_udp(UDPDatagram(40000, 53, query("alice.wow")), host, gateway)
+        reply = node.answer_packet(IPv4Packet(host, gateway, PROTO_UDP, udp))
+        assert isinstance(reply, bytes)
+        packet = parse_ipv4(reply)
+        self.assertEqual((packet.src, packet.dst), (gateway, host))
+        datagram = parse_udp(packet.payload, packet.src, packet.dst)
+        self.assertEqual((datagram.src_port, datagram.dst_port), (53, 40000))
+        self.assertEqual(parse(datagram.payload).answers[0].payload.dottedQuad(), "10.128.0.5")
+        bad = bytearray(udp)
+        bad[6] ^= 0xFF  # checksum
+        self.assertIsNone(node.answer_packet(IPv4Packet(host, gateway, PROTO_UDP, bytes(bad))))
+        self.assertEqual(node.counters.get("dns_queries_dropped", reason="udp-bad-checksum"), 1)
+
     def test_renamed_host_drops_its_old_name(self) -> None:
         node = NodeDns(self.network, NodeDnsSection(), self.clock)
         self.successResultOf(node.lease_added("10.128.0.5", 3600, "alice"))

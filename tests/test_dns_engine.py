@@ -138,6 +138,10 @@ class FastPathTests(SynchronousTestCase):
         engine.answer(query("nobody.wow"), ON_NET)
         engine.answer(query("alice.wow", dns.AAAA), ON_NET)
         self.assertEqual((engine.fast_answers, engine.slow_answers), (4, 2))
+        engine.flush_counts()
+        self.assertEqual((engine.counters.get("dns_answers", path="fast"),
+                          engine.counters.get("dns_answers", path="general")), (4, 2))
+        self.assertEqual((engine.fast_answers, engine.slow_answers), (0, 0))
 
     def test_fast_answer_bytes(self) -> None:
         engine, _, _ = build()

@@ -32,7 +32,7 @@ class WowDnsInNamespaces(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        reason = skip_reason("dig", "getent")
+        reason = skip_reason("dig", "getent", "curl")
         if reason:
             raise self.skipTest(reason)
         self.lab = lab = Lab(tag="d")
@@ -56,7 +56,8 @@ class WowDnsInNamespaces(TestCase):
         conf = self.config(
             "dns.toml", listen="10.128.0.1", port=53, names_file=names,
             records=["ca A 10.128.0.2", "www CNAME ca", BIG_TXT],
-            upstreams=["127.0.0.1:5353"], nameserver_address="10.128.0.1")
+            upstreams=["127.0.0.1:5353"], nameserver_address="10.128.0.1",
+            metrics_listen="10.128.0.1:9153")
         self.server = twistd(lab, self.server_ns, ["--config", conf], "server")
         lab.wait_for_log(self.upstream, "DNS answering on")
         lab.wait_for_log(self.server, "DNS answering on 10.128.0.1 port 53")
@@ -120,6 +121,12 @@ class WowDnsInNamespaces(TestCase):
         self.assertIn("ANSWER: 0", out)
         out = self.dig("-b", "192.0.2.5", "other.up")
         self.assertIn("status: REFUSED", out)
+        metrics = self.lab.ns_run(self.client_ns, "curl", "-sS",
+                                  "http://10.128.0.1:9153/metrics").stdout.decode()
+        self.assertIn('wow_dns_dns_queries_refused_total{reason="source-not-allowed"} 2.0',
+                      metrics)
+        self.assertIn('wow_dns_dns_queries_refused_total{reason="no-recursion-desired"} 1.0',
+                      metrics)
 
     def test_os_resolver(self) -> None:
         netns_etc = os.path.join("/etc/netns", self.client_ns)

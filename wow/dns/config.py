@@ -195,6 +195,8 @@ class DnsSection(ZoneSection):
     nameserver_address: str = ""
     #: Seconds an idle TCP client may keep its connection.
     tcp_idle_timeout: int = 30
+    #: Prometheus endpoint, ADDRESS:PORT (served at /metrics); "" = off.
+    metrics_listen: str = ""
 
     def validate(self) -> None:
         self.validate_zone("dns")
@@ -215,6 +217,10 @@ class DnsSection(ZoneSection):
             except ValueError:
                 raise ConfigError(f"dns.nameserver_address {self.nameserver_address!r} is "
                                   "not an IPv4 address") from None
+        if self.metrics_listen:
+            from wow.prometheus import parse_listen
+
+            parse_listen(self.metrics_listen, "dns.metrics_listen")
         if not 1 <= self.tcp_idle_timeout <= 3600:
             raise ConfigError(f"dns.tcp_idle_timeout {self.tcp_idle_timeout} must be 1 to 3600")
         check_static(self.static_records())

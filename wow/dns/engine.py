@@ -167,6 +167,15 @@ class DnsEngine:
         counters.describe("dns_queries_refused", "DNS queries answered REFUSED")
         counters.describe("dns_queries_rejected", "DNS queries answered FORMERR/NOTIMP")
 
+    def flush_counts(self) -> None:
+        """Move the hot path's plain int counts into L{Counters} (for exporters)."""
+        fast, slow = self.fast_answers, self.slow_answers
+        self.fast_answers = self.slow_answers = 0
+        if fast:
+            self.counters.inc("dns_answers", fast, path="fast")
+        if slow:
+            self.counters.inc("dns_answers", slow, path="general")
+
     # -- the entry point --------------------------------------------------------
 
     def answer(self, query: bytes, client: str, tcp: bool = False) -> Answer:

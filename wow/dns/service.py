@@ -15,6 +15,7 @@ import ipaddress
 import time
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -27,6 +28,9 @@ from wow.dns.names import pack_ip, to_wire
 from wow.dns.server import DnsListenService
 from wow.dns.store import CompactStore, INameStore
 from wow.metrics import Counters
+from wow.net.errors import CodecError
+from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4
+from wow.net.udp import UDPDatagram, build_udp, parse_udp
 from wow.util.config import ConfigError
 
 
@@ -88,6 +92,13 @@ def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
                           ((c.nameserver, c.nameserver_address or None),), c.static_records())
     root.engine = engine  # type: ignore[attr-defined]
     DnsListenService(engine, reactor, c.listen, c.port, c.tcp_idle_timeout).setServiceParent(root)
+    flush = TimerService(5, engine.flush_counts)
+    flush.clock = reactor
+    flush.setServiceParent(root)
+    if c.metrics_listen:
+        from wow.prometheus import metrics_service
+
+        metrics_service(reactor, counters, "wow_dns", c.metrics_listen).setServiceParent(root)
     return root
 
 
@@ -124,6 +135,34 @@ class NodeDns(Service):
     def answer(self, query: bytes, client_ip: str) -> Answer:
         """The response to one query from the TAP (see L{DnsEngine.answer})."""
         return self.engine.answer(query, client_ip)
+
+    def answer_packet(self, packet: IPv4Packet) -> bytes | None | Deferred[bytes | None]:
+        """
+        The reply, as a raw IPv4 packet from the gateway back to the host, to
+        one IPv4/UDP packet the host sent to the gateway's port 53; None to
+        drop it.  The TAP path wraps it in Ethernet toward the sender.
+        """
+        try:
+            datagram = parse_udp(packet.payload, packet.src, packet.dst)
+        except CodecError as e:
+            self.counters.inc("dns_queries_dropped", reason=f"udp-{e.reason}")
+            return None
+        if packet.is_fragment:
+            self.counters.inc("dns_queries_dropped", reason="fragment")
+            return None
+
+        def wrap(response: bytes | None) -> bytes | None:
+            if response is None:
+                return None
+            udp = build_udp(UDPDatagram(datagram.dst_port, datagram.src_port, response),
+                            packet.dst, packet.src)
+            return build_ipv4(IPv4Packet(src=packet.dst, dst=packet.src, proto=PROTO_UDP,
+                                         payload=udp))
+
+        result = self.engine.answer(datagram.payload, str(packet.src))
+        if isinstance(result, Deferred):
+            return result.addCallback(wrap)
+        return wrap(result)
 
     def lease_added(self, ip: str, lease_seconds: float, hostname: str = "") -> Deferred[bytes]:
         """A lease was granted or renewed: publish (or refresh) its names."""

@@ -180,6 +180,19 @@ class NodeDnsTests(SynchronousTestCase):
         self.assertIsNone(node.answer_packet(IPv4Packet(host, gateway, PROTO_UDP, bytes(bad))))
         self.assertEqual(node.counters.get("dns_queries_dropped", reason="udp-bad-checksum"), 1)
 
+    def test_node_records_use_the_network_domain(self) -> None:
+        from wow.node.config import load_node_config
+        from wow.util.config import ConfigError
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[network]\ndomain = "lab"\n[dns]\nrecords = ["ca.lab. A 10.128.0.2"]\n')
+        config = load_node_config(path)
+        node = NodeDns(config.network, config.dns, self.clock)
+        self.assertEqual(parse(node.answer(query("ca.lab"), "10.128.0.5")).rCode, dns.OK)
+        self.assertRaises(ConfigError, NodeDns, config.network,
+                          NodeDnsSection(records=("x.wow. A 10.0.0.1",)), self.clock)
+
     def test_renamed_host_drops_its_old_name(self) -> None:
         node = NodeDns(self.network, NodeDnsSection(), self.clock)
         self.successResultOf(node.lease_added("10.128.0.5", 3600, "alice"))

@@ -393,6 +393,19 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual((m1.id, m1.trunc, len(m1.answers)), (1, 0, 1))
         self.assertEqual((m2.id, m2.answers[0].payload.dottedQuad()), (2, "10.128.0.5"))
 
+    @given(st.lists(st.binary(max_size=300), max_size=8))
+    def test_fuzz_tcp_stream(self, chunks: list[bytes]) -> None:
+        proto, transport, _ = self.tcp()
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        out = transport.value()
+        while len(out) >= 2:  # whatever came back is well-framed DNS
+            (n,) = struct.unpack(">H", out[:2])
+            self.assertGreaterEqual(len(out), 2 + n)
+            self.assertGreaterEqual(n, 12)
+            out = out[2 + n:]
+        self.assertEqual(out, b"")
+
     def test_tcp_idle_timeout_and_zero_length(self) -> None:
         proto, transport, clock = self.tcp()
         clock.advance(31)

@@ -62,7 +62,8 @@ def _absolute(name: str, domain: str) -> str:
     return name if name.endswith(".") else f"{name}.{domain.rstrip('.')}."
 
 
-def parse_static(line: str, domain: str, default_ttl: int) -> StaticRecord:
+def parse_static(line: str, domain: str, default_ttl: int, check_zone: bool = True
+                 ) -> StaticRecord:
     """
     One static record: C{NAME [TTL] TYPE DATA...}; NAME relative to the
     domain unless it ends with a dot, C{@} for the apex.
@@ -89,7 +90,7 @@ def parse_static(line: str, domain: str, default_ttl: int) -> StaticRecord:
         owner = to_wire(_absolute(name, domain))
     except BadName as e:
         raise ConfigError(f"{where}: {e}") from None
-    if not in_zone(owner, to_wire(domain)):
+    if check_zone and not in_zone(owner, to_wire(domain)):
         raise ConfigError(f"{where} is outside the domain {domain}")
 
     def target(text: str) -> bytes:
@@ -238,8 +239,10 @@ class NodeDnsSection(ZoneSection):
 
     def validate(self) -> None:
         self.validate_zone("dns")
+        # The domain is [network]'s; whether names are inside it is checked
+        # when the node builds its DNS.
         for line in self.records:
-            parse_static(line, "wow", self.ttl)
+            parse_static(line, "wow", self.ttl, check_zone=False)
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,29 @@ class NodeDnsTests(SynchronousTestCase):
         self.assertEqual(parse(node.answer(query("alice.wow"), "10.128.0.5")).rCode, dns.ENAME)
         self.assertEqual(parse(node.answer(query("alicia.wow"), "10.128.0.5")).rCode, dns.OK)
 
+    def test_fqdn_option_and_configured_name(self) -> None:
+        node = NodeDns(self.network, NodeDnsSection(), self.clock)
+        self.assertEqual(self.successResultOf(node.lease_added("10.128.0.5", 600, "",
+                                                               "bob.example.org")),
+                         to_wire("bob.wow"))
+        fixed = NodeDns(self.network, NodeDnsSection(), self.clock, host_name="carol")
+        self.assertEqual(self.successResultOf(fixed.lease_added("10.128.0.6", 600, "dhcpname")),
+                         to_wire("carol.wow"))
+
+    def test_rename_with_a_dht_keeps_the_dht_consistent(self) -> None:
+        kv = MemoryAtomicStore(self.clock)
+        node = NodeDns(self.network, NodeDnsSection(), self.clock, kv=kv)
+        self.successResultOf(node.lease_added("10.128.0.5", 600, "alice"))
+        self.successResultOf(node.lease_added("10.128.0.5", 600, "alicia"))
+        keys = {k: v[0] for k, v in kv.data.items()}
+        self.assertEqual(keys, {
+            f"dns:{NET}:c10-128-0-5.wow": b"10.128.0.5",
+            f"dns:{NET}:alicia.wow": b"10.128.0.5",
+            f"dns:{NET}:ptr:10.128.0.5": b"alicia.wow",
+        })
+        node.lease_removed("10.128.0.5")
+        self.assertEqual(kv.data, {})
+
     def test_with_a_dht(self) -> None:
         kv = MemoryAtomicStore(self.clock)
         a = NodeDns(self.network, NodeDnsSection(), self.clock, kv=kv)

@@ -24,7 +24,7 @@ from wow.dns.authority import StaticRecord, ZoneAuthority
 from wow.dns.claims import DhtNameStore, IAtomicCreate, MemoryAtomicStore, NameClaims
 from wow.dns.config import DnsConfig, ZoneSection, parse_static
 from wow.dns.engine import Answer, DnsEngine, Sources, TwistedUpstream
-from wow.dns.names import pack_ip, to_wire
+from wow.dns.names import absolute, derived_wire, pack_ip, to_wire, valid_hostname
 from wow.dns.server import DnsListenService
 from wow.dns.store import CompactStore, INameStore
 from wow.metrics import Counters
@@ -115,14 +115,18 @@ class NodeDns(Service):
 
     @param kv: the DHT's atomic-create interface; without one, claims are
         settled in this node's memory (L{MemoryAtomicStore}).
+    @param host_name: C{[node] name}: overrides the name the DHCP client sends.
     """
 
     log = Logger()
 
     def __init__(self, network: Any, zone: ZoneSection, reactor: Any,
-                 counters: Counters | None = None, kv: IAtomicCreate | None = None) -> None:
+                 counters: Counters | None = None, kv: IAtomicCreate | None = None,
+                 host_name: str = "") -> None:
         self.counters = counters or Counters()
+        self.host_name = host_name
         domain_wire = to_wire(network.domain)
+        self.domain_wire = domain_wire
         cache = CompactStore(domain_wire, ipaddress.IPv4Network(network.subnet), zone.ttl,
                              zone.derived_names)
         store: INameStore = cache if kv is None else DhtNameStore(kv, network.subnet, cache)
@@ -164,20 +168,31 @@ class NodeDns(Service):
             return result.addCallback(wrap)
         return wrap(result)
 
-    def lease_added(self, ip: str, lease_seconds: float, hostname: str = "") -> Deferred[bytes]:
-        """A lease was granted or renewed: publish (or refresh) its names."""
-        d = self.claims.claim(ip, lease_seconds, hostname)
+    def lease_added(self, ip: str, lease_seconds: float, hostname: str = "", fqdn: str = ""
+                    ) -> Deferred[bytes]:
+        """
+        A lease was granted or renewed: publish (or refresh) its names.
+
+        The host name is the node's configured one (C{[node] name}) if any,
+        else the DHCP host-name option (12), else the first label of the
+        client-FQDN option (81); without one, the derived name alone.
+        Fires with the wire name the address ended up with.
+        """
+        wanted = self.host_name or hostname or fqdn.strip(".").split(".")[0]
+        expected = derived_wire(pack_ip(ip), self.domain_wire)
+        if wanted and valid_hostname(wanted):
+            expected = absolute(wanted, self.domain_wire)
+        old = self.names.get(ip)
+        if old is not None and old != expected:
+            # Renamed (or a name lost earlier): withdraw the old one first.
+            self.claims.release(ip, old)
+            del self.names[ip]
 
         def remember(name: bytes) -> bytes:
-            old = self.names.get(ip)
-            if old is not None and old != name:
-                self.claims.release(ip, old)
-                self.claims.store.add(name, pack_ip(ip), self.engine.clock.seconds()
-                                      + lease_seconds)
             self.names[ip] = name
             return name
 
-        return d.addCallback(remember)
+        return self.claims.claim(ip, lease_seconds, wanted).addCallback(remember)
 
     def lease_removed(self, ip: str) -> None:
         """A lease ended (release or expiry): withdraw its names."""

@@ -137,6 +137,38 @@ class DhtStoreTests(SynchronousTestCase):
         self.assertEqual(from_wire(ptr[0]), "alice.wow.")
 
 
+class ReloadTests(SynchronousTestCase):
+    def test_reload_swaps_the_names_and_keeps_configured_records(self) -> None:
+        import os
+
+        from wow.dns.config import DnsConfig, DnsSection
+        from wow.dns.service import NamesFileService, build_dns_service
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("10.128.0.5 alice\n10.128.0.9 ca\n")
+        config = DnsConfig(DnsSection(names_file=path, port=0, records=("ca A 10.128.0.2",)))
+        root = build_dns_service(config, Clock())
+        engine = root.engine  # type: ignore[attr-defined]
+        [loader] = [s for s in root if isinstance(s, NamesFileService)]
+
+        def a(name: str) -> str | None:
+            m = parse(engine.answer(query(name), "127.0.0.1"))
+            return m.answers[0].payload.dottedQuad() if m.answers else None
+
+        self.assertEqual((a("alice.wow"), a("ca.wow")), ("10.128.0.5", "10.128.0.2"))
+        with open(path, "w") as f:
+            f.write("10.128.0.6 bob\n10.128.0.9 ca\n")
+        loader.reload()
+        self.assertEqual((a("alice.wow"), a("bob.wow"), a("ca.wow")),
+                         (None, "10.128.0.6", "10.128.0.2"))
+        os.remove(path)
+        loader.reload()  # unreadable: the old names stay
+        self.assertEqual(a("bob.wow"), "10.128.0.6")
+        self.assertEqual(engine.counters.get("dns_reloads_failed"), 1)
+        self.flushLoggedErrors()
+
+
 class NodeDnsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()

@@ -143,6 +143,17 @@ class WowDnsInNamespaces(TestCase):
         out = self.lab.ns_run(self.client_ns, "getent", "hosts", "10.128.0.5").stdout.decode()
         self.assertIn("alice.wow", out)
 
+    def test_sighup_reloads_the_names_file(self) -> None:
+        import signal
+
+        self.assertIn("status: NXDOMAIN", self.dig("newcomer.wow"))
+        with open(os.path.join(self.lab.workdir, "names.hosts"), "a") as f:
+            f.write("10.128.9.9 newcomer\n")
+        os.kill(self.server.pid, signal.SIGHUP)
+        self.lab.wait_until(lambda: self.dig("+short", "newcomer.wow").strip() == "10.128.9.9",
+                            timeout=20, what="the reloaded name")
+        self.assertEqual(self.dig("+short", "alice.wow").strip(), "10.128.0.5")
+
     def test_bad_names_file_line_is_logged_not_fatal(self) -> None:
         self.assertIn("skipped", self.lab.log_text(self.server))
         self.assertIn("loaded 2004 names", self.lab.log_text(self.server))

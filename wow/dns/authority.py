@@ -88,12 +88,16 @@ class ZoneAuthority(common.ResolverBase):
         self.soa_settings = soa
         self.static: dict[bytes, dict[int, list[StaticRecord]]] = {}
         self.ents: set[bytes] = set()
+        #: A records that live in the store but come from configuration
+        #: (NS glue, static A): put back into a replacement store.
+        self._configured_a: list[tuple[bytes, bytes]] = []
         ns_names = []
         for ns_name, ns_address in nameservers:
             wire = to_wire(ns_name) if ns_name.endswith(".") else (
                 to_wire(ns_name)[:-1] + self.domain_wire)
             ns_names.append(wire)
             if ns_address and in_zone(wire, self.domain_wire):
+                self._configured_a.append((wire, socket.inet_aton(ns_address)))
                 store.add(wire, socket.inet_aton(ns_address), None)
                 self._note_ents(wire)
         self.ns_names = ns_names
@@ -113,7 +117,9 @@ class ZoneAuthority(common.ResolverBase):
 
     def _add_static(self, record: StaticRecord) -> None:
         if record.type == dns.A:
-            self.store.add(record.name, socket.inet_aton(record.payload.dottedQuad()), None)
+            packed = socket.inet_aton(record.payload.dottedQuad())
+            self._configured_a.append((record.name, packed))
+            self.store.add(record.name, packed, None)
         else:
             self.static.setdefault(record.name, {}).setdefault(record.type, []).append(record)
         self._note_ents(record.name)
@@ -126,6 +132,12 @@ class ZoneAuthority(common.ResolverBase):
             name = name[1 + name[0]:]
             if name != zone and in_zone(name, zone):
                 self.ents.add(name)
+
+    def replace_store(self, store: INameStore) -> None:
+        """Answer from C{store} from now on (a reloaded names file)."""
+        for name, packed in self._configured_a:
+            store.add(name, packed, None)
+        self.store = store
 
     # -- lookups --------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from zope.interface import Interface, implementer
 from wow.dns.authority import Resolution, ZoneAuthority
 from wow.dns.fastpath import make_fastpath
 from wow.dns.names import BadName, to_wire
+from wow.dns.store import INameStore
 from wow.metrics import Counters
 
 REFUSED = dns.EREFUSED
@@ -166,6 +167,11 @@ class DnsEngine:
         counters.describe("dns_queries_dropped", "DNS queries dropped without an answer")
         counters.describe("dns_queries_refused", "DNS queries answered REFUSED")
         counters.describe("dns_queries_rejected", "DNS queries answered FORMERR/NOTIMP")
+
+    def replace_store(self, store: INameStore) -> None:
+        """Switch every path to C{store} at once (between two queries)."""
+        self.authority.replace_store(store)
+        self._fast = make_fastpath(store, self.max_udp)
 
     def flush_counts(self) -> None:
         """Move the hot path's plain int counts into L{Counters} (for exporters)."""

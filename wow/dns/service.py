@@ -52,25 +52,69 @@ def build_engine(domain: str, subnet: str, zone: ZoneSection, reactor: Any,
 
 
 class NamesFileService(Service):
-    """Loads the names file when the daemon starts and says how long it took."""
+    """
+    Loads the names file when the daemon starts, and again on SIGHUP.
+
+    A reload builds a complete new store beside the old one and swaps it in
+    between two queries, so no query ever sees a half-loaded zone; if the
+    file cannot be read, the old names stay and the failure is logged.
+    """
 
     log = Logger()
 
-    def __init__(self, store: CompactStore, path: str) -> None:
+    def __init__(self, store: CompactStore, path: str, reactor: Any = None) -> None:
         self.store = store
         self.path = path
+        self.reactor = reactor
         self.loaded = 0
+        self.engine: DnsEngine | None = None
+        self._previous_handler: Any = None
 
-    def load(self) -> None:
+    def load(self, store: CompactStore | None = None) -> None:
+        store = store if store is not None else self.store
         started = time.monotonic()
         try:
             with open(self.path, "rb") as f:
-                self.loaded, rejected = self.store.load_hosts(f, self.path)
+                loaded, rejected = store.load_hosts(f, self.path)
         except OSError as e:
             raise ConfigError(f"dns.names_file {self.path} cannot be read: {e.strerror}"
                               ) from None
+        self.loaded = loaded
         self.log.info("loaded {n} names from {path} in {s:.2f} s ({bad} lines rejected)",
-                      n=self.loaded, path=self.path, s=time.monotonic() - started, bad=rejected)
+                      n=loaded, path=self.path, s=time.monotonic() - started, bad=rejected)
+
+    def reload(self) -> None:
+        """Read the names file again into a fresh store and switch to it."""
+        assert self.engine is not None
+        old = self.store
+        fresh = CompactStore(old.domain_wire, old.subnet, old.default_ttl, old.derived)
+        try:
+            self.load(fresh)
+        except ConfigError as e:
+            self.engine.counters.inc("dns_reloads_failed", reason="unreadable")
+            self.log.error("names file not reloaded, keeping {n} names: {why}", n=len(old),
+                           why=str(e))
+            return
+        self.store = fresh
+        self.engine.replace_store(fresh)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.reactor is not None:
+            import signal
+
+            def hup(signum: int, frame: Any) -> None:
+                self.reactor.callFromThread(self.reload)
+
+            self._previous_handler = signal.signal(signal.SIGHUP, hup)
+
+    def stopService(self) -> Any:
+        if self._previous_handler is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        return super().stopService()
 
 
 def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
@@ -84,12 +128,16 @@ def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
     store = CompactStore(to_wire(c.domain), ipaddress.IPv4Network(c.subnet), c.ttl,
                          c.derived_names)
     root = MultiService()
+    loader = None
     if c.names_file:
-        loader = NamesFileService(store, c.names_file)
+        loader = NamesFileService(store, c.names_file, reactor)
         loader.load()
         loader.setServiceParent(root)
+    # Configured records (static A, NS glue) are added after the file: they win.
     engine = build_engine(c.domain, c.subnet, c, reactor, counters, store,
                           ((c.nameserver, c.nameserver_address or None),), c.static_records())
+    if loader is not None:
+        loader.engine = engine
     root.engine = engine  # type: ignore[attr-defined]
     DnsListenService(engine, reactor, c.listen, c.port, c.tcp_idle_timeout).setServiceParent(root)
     flush = TimerService(5, engine.flush_counts)

@@ -169,6 +169,42 @@ class ReloadTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
 
+class DhtCacheTests(SynchronousTestCase):
+    def test_negative_cache_and_one_request_in_flight(self) -> None:
+        asked: list[str] = []
+        pending: list[Deferred[tuple[bytes, float] | None]] = []
+
+        class SlowKv(MemoryAtomicStore):
+            def get(self, key: str) -> Deferred[tuple[bytes, float] | None]:
+                asked.append(key)
+                d: Deferred[tuple[bytes, float] | None] = Deferred()
+                pending.append(d)
+                return d
+
+        store = DhtNameStore(SlowKv(Clock()), NET, compact(), negative_ttl=30)
+        name = to_wire("ghost.wow")
+        first, second = store.fetch_a(name, 1000), store.fetch_a(name, 1000)
+        self.assertEqual(len(asked), 1)
+        pending[0].callback(None)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))
+        self.assertIsNone(self.successResultOf(store.fetch_a(name, 1020)))
+        self.assertEqual(len(asked), 1)  # believed for 30 s
+        store.fetch_a(name, 1031)
+        self.assertEqual(len(asked), 2)
+        # Two callers of a hit both get the address; a failure reaches both.
+        alice = to_wire("alice.wow")
+        one, two = store.fetch_a(alice, 1000), store.fetch_a(alice, 1000)
+        pending[-1].callback((b"10.128.0.5", 600.0))
+        for d in (one, two):
+            self.assertEqual(self.successResultOf(d), (socket.inet_aton("10.128.0.5"), 600))
+        bob = to_wire("bob.wow")
+        one, two = store.fetch_a(bob, 1000), store.fetch_a(bob, 1000)
+        pending[-1].errback(RuntimeError("dht down"))
+        for d in (one, two):
+            self.failureResultOf(d, RuntimeError)
+
+
 class NodeDnsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()

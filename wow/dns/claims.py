@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from wow.dns.names import (
@@ -170,11 +171,51 @@ class DhtNameStore:
     """
 
     complete = False
+    #: Misses remembered at most (a flood of random names must not grow it).
+    MAX_NEGATIVE = 10_000
 
-    def __init__(self, kv: IAtomicCreate, network: str, cache: CompactStore) -> None:
+    def __init__(self, kv: IAtomicCreate, network: str, cache: CompactStore,
+                 negative_ttl: float = 30) -> None:
         self.kv = kv
         self.network = network
         self.cache = cache
+        self.negative_ttl = negative_ttl
+        #: DHT key → time until which "not there" is believed without asking.
+        self._negative: dict[str, float] = {}
+        #: Lookups in flight (key → callers waiting), so a burst of queries
+        #: for one name asks the DHT once.
+        self._pending: dict[str, list[Deferred[tuple[bytes, float] | None]]] = {}
+
+    def _get(self, key: str, now: float) -> Deferred[tuple[bytes, float] | None]:
+        """kv.get with a short negative cache and one request per key in flight."""
+        until = self._negative.get(key)
+        if until is not None:
+            if until > now:
+                return succeed(None)
+            del self._negative[key]
+        mine: Deferred[tuple[bytes, float] | None] = Deferred()
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        waiters = self._pending[key] = [mine]
+
+        def done(entry: tuple[bytes, float] | None) -> None:
+            del self._pending[key]
+            if entry is None:
+                if len(self._negative) >= self.MAX_NEGATIVE:
+                    self._negative.clear()
+                self._negative[key] = now + self.negative_ttl
+            for waiter in waiters:
+                waiter.callback(entry)
+
+        def failed(failure: Failure) -> None:
+            del self._pending[key]
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        self.kv.get(key).addCallbacks(done, failed)
+        return mine
 
     def lookup_a(self, name: bytes, now: float) -> tuple[bytes, int] | None:
         return self.cache.lookup_a(name, now)
@@ -196,7 +237,7 @@ class DhtNameStore:
             self.cache.add(name, ip, now + entry[1])
             return ip, int(entry[1])
 
-        return self.kv.get(name_key(self.network, name)).addCallback(found)
+        return self._get(name_key(self.network, name), now).addCallback(found)
 
     def fetch_ptr(self, ip: bytes, now: float) -> Deferred[tuple[bytes, int] | None]:
         def found(entry: tuple[bytes, float] | None) -> tuple[bytes, int] | None:
@@ -209,7 +250,7 @@ class DhtNameStore:
             self.cache.add(wire, ip, now + entry[1])
             return wire, int(entry[1])
 
-        return self.kv.get(ptr_key(self.network, ip)).addCallback(found)
+        return self._get(ptr_key(self.network, ip), now).addCallback(found)
 
     def add(self, name: bytes, ip: bytes, expires: float | None) -> None:
         self.cache.add(name, ip, expires)

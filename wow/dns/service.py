@@ -177,7 +177,8 @@ class NodeDns(Service):
         self.domain_wire = domain_wire
         cache = CompactStore(domain_wire, ipaddress.IPv4Network(network.subnet), zone.ttl,
                              zone.derived_names)
-        store: INameStore = cache if kv is None else DhtNameStore(kv, network.subnet, cache)
+        store: INameStore = cache if kv is None else DhtNameStore(
+            kv, network.subnet, cache, zone.negative_ttl)
         self.engine = build_engine(network.domain, network.subnet, zone, reactor,
                                    self.counters, store, (("ns", network.gateway),))
         self.claims = NameClaims(kv or MemoryAtomicStore(reactor), network.subnet, domain_wire,

@@ -63,6 +63,8 @@ class NicService(Service):
         self.port: TapPort | None = None
         self.server: DhcpServer | None = None
         self.dispatcher: FrameDispatcher | None = None
+        #: Told of lease events by the DHCP server (see DhcpServer.lease_observers).
+        self.lease_observers: list[Any] = []
 
     # -- start-up ---------------------------------------------------------
 
@@ -111,6 +113,7 @@ class NicService(Service):
             self.allocator = self._local_allocator()
         settings = self._settings()
         self.server = DhcpServer(settings, self.allocator, self.reactor, self.counters)
+        self.server.lease_observers = self.lease_observers
         maybeDeferred(self.allocator.leases).addCallback(self.server.restore).addErrback(
             lambda f: self.log.failure("restoring leases failed", f))
         arp = ArpResponder(self.router_mac, settings.network, settings.server_ip,

@@ -16,6 +16,7 @@ from wow.control.server import ControlService
 from wow.metrics import Counters
 from wow.nic.service import NicService
 from wow.node.config import NodeConfig
+from wow.node.sink import DnsLeaseObserver, NodeSink
 from wow.node.status import StatusBoard
 from wow.util.durable import ensure_private_directory
 from wow.util.fatal import fatal
@@ -37,8 +38,19 @@ class NodeService(MultiService):
         self.status = StatusBoard(reactor, self.counters)
         self.control.register("status", self.status.status)
         self.control.register("counters", self.status.counters_snapshot)
-        self.nic = NicService(config, reactor, self.counters)
+        self.dns = None
+        if config.dns.enabled:
+            from wow.dns.service import NodeDns
+
+            self.dns = NodeDns(config.network, config.dns, reactor, self.counters,
+                               host_name=config.node.name)
+            self.dns.setServiceParent(self)
+        self.sink = NodeSink(config.network.gateway_address, self.counters,
+                             self._mac_of, self._write_to_host, dns=self.dns)
+        self.nic = NicService(config, reactor, self.counters, sink=self.sink)
         self.nic.setServiceParent(self)
+        if self.dns is not None:
+            self.nic.lease_observers.append(DnsLeaseObserver(self.dns))
         self.control.register("leases", self.nic.leases)
         self.status.contribute("nic", self.nic.status)
         self.enroller = None
@@ -58,6 +70,12 @@ class NodeService(MultiService):
 
             web_service(reactor, self.control.factory.handlers, config.web.listen
                         ).setServiceParent(self)
+
+    def _mac_of(self, ip: bytes) -> bytes | None:
+        return self.nic.mac_of(ip)
+
+    def _write_to_host(self, mac: bytes, packet: bytes) -> None:
+        self.nic.write_to_host(mac, packet)
 
     def privilegedStartService(self) -> None:
         # Children's known start-up failures (not root, no /dev/net/tun, ...)

@@ -87,7 +87,8 @@ class NetworkSection:
         try:
             net = ipaddress.IPv4Network(self.subnet, strict=True)
         except ValueError as e:
-            raise ConfigError(f"network.subnet {self.subnet!r} is not a valid subnet: {e}") from None
+            raise ConfigError(
+                f"network.subnet {self.subnet!r} is not a valid subnet: {e}") from None
         if net.prefixlen > 30:
             raise ConfigError(f"network.subnet {self.subnet} is too small (at most /30)")
         try:
@@ -145,7 +146,8 @@ class DhcpSection:
             try:
                 ipaddress.IPv4Address(server)
             except ValueError:
-                raise ConfigError(f"dhcp.dns_servers entry {server!r} is not an IPv4 address") from None
+                raise ConfigError(
+                    f"dhcp.dns_servers entry {server!r} is not an IPv4 address") from None
 
 
 def _check_bootstrap(url: str) -> None:
@@ -178,7 +180,8 @@ class OverlaySection:
             try:
                 ipaddress.ip_address(self.interface)
             except ValueError:
-                raise ConfigError(f"overlay.interface {self.interface!r} is not an IP address") from None
+                raise ConfigError(
+                    f"overlay.interface {self.interface!r} is not an IP address") from None
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ class NodeConfig:
         return self.control.socket or os.path.join(self.node.state_dir, "control.sock")
 
 
-def load_node_config(path: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
+def load_node_config(path: str | None,
+                     overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
     """
     Load and validate a node configuration.
 

@@ -111,8 +111,9 @@ class NetworkSection:
 class DhcpSection:
     """[dhcp]: the DHCP server that answers the host's own DHCP client."""
 
-    #: "local": leases from a pool kept in the state dir (this issue);
-    #: later modes plug in behind the same allocator interface.
+    #: "local": leases from a pool kept in the state dir; "dht": leases
+    #: claimed in the overlay's DHT (decentralised); "relay": the host's DHCP
+    #: messages relayed (RFC 3046) to one central DHCP server (C{server}).
     mode: str = "local"
     lease_time: int = 3600
     #: First and last address handed out; empty = the whole subnet.
@@ -121,13 +122,31 @@ class DhcpSection:
     #: DNS servers given in option 6; empty = the virtual gateway.
     dns_servers: tuple[str, ...] = ()
 
-    MODES = ("local",)
+    #: Relay mode: the DHCP server's address: a virtual IP over the overlay,
+    #: an underlay address with C{relay_transport = "udp"}.
+    server: str = ""
+    #: Relay mode: how relayed messages travel: "overlay" (to the node that
+    #: holds C{server}) or "udp" (plain UDP on the underlay, port 67).
+    relay_transport: str = "overlay"
+
+    MODES = ("local", "dht", "relay")
+    RELAY_TRANSPORTS = ("overlay", "udp")
 
     def validate(self) -> None:
         if self.mode not in self.MODES:
             raise ConfigError(
                 f"dhcp.mode {self.mode!r} is not one of {', '.join(self.MODES)}"
             )
+        if self.relay_transport not in self.RELAY_TRANSPORTS:
+            raise ConfigError(f"dhcp.relay_transport {self.relay_transport!r} is not one of "
+                              f"{', '.join(self.RELAY_TRANSPORTS)}")
+        if self.mode == "relay" and not self.server:
+            raise ConfigError('dhcp.mode "relay" needs dhcp.server, the DHCP server\'s address')
+        if self.server:
+            try:
+                ipaddress.IPv4Address(self.server)
+            except ValueError:
+                raise ConfigError(f"dhcp.server {self.server!r} is not an IPv4 address") from None
         # 10 s is far below any sensible production value, but lets tests
         # watch a real client renew.
         if not 10 <= self.lease_time <= 7 * 24 * 3600:
@@ -234,6 +253,12 @@ class NodeConfig:
             value = getattr(self.dhcp, key)
             if value and ipaddress.IPv4Address(value) not in net:
                 raise ConfigError(f"dhcp.{key} {value} is outside network.subnet {net}")
+        if self.dhcp.mode == "relay" and self.dhcp.relay_transport == "overlay":
+            server = ipaddress.IPv4Address(self.dhcp.server)
+            if server not in net or server in (net.network_address, net.broadcast_address,
+                                               self.network.gateway_address):
+                raise ConfigError(f"dhcp.server {server} must be a virtual host address of {net} "
+                                  "(other than the gateway) when relaying over the overlay")
         if self.dhcp.pool_start and self.dhcp.pool_end:
             if ipaddress.IPv4Address(self.dhcp.pool_start) > ipaddress.IPv4Address(
                 self.dhcp.pool_end

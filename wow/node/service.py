@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
+from wow.dhcp.modes import nic_service_for
 from wow.metrics import Counters
 from wow.nic.service import NicService
 from wow.node.config import NodeConfig
@@ -37,7 +38,7 @@ class NodeService(MultiService):
         self.status = StatusBoard(reactor, self.counters)
         self.control.register("status", self.status.status)
         self.control.register("counters", self.status.counters_snapshot)
-        self.nic = NicService(config, reactor, self.counters)
+        self.nic: NicService = nic_service_for(config, reactor, self.counters)
         self.nic.setServiceParent(self)
         self.control.register("leases", self.nic.leases)
         self.status.contribute("nic", self.nic.status)

@@ -1,0 +1,190 @@
+"""
+The NIC service for each C{dhcp.mode}, and the pieces the node wires in.
+
+- C{"local"}: L{NicService} with its L{LocalAllocator}.
+- C{"dht"}: L{NicService} with a L{DhtAllocator} over the overlay's DHT
+  (L{build_dht_allocator}; its L{DhtAllocatorService} releases the claims on
+  shutdown).  Needs an L{IDhtClient}.
+- C{"relay"}: L{RelayNicService}, whose L{RelayAgent} relays the host's DHCP
+  messages to the central server: over plain UDP (L{UdpRelayTransport}) or
+  over the overlay (the caller passes the two send functions).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from wow.dhcp.dht_allocator import DhtAllocator
+from wow.dhcp.dhtclient import IDhtClient
+from wow.dhcp.relay import RelayAgent, RelaySettings
+from wow.dhcp.server import DhcpReply, DhcpServer, ServerSettings
+from wow.metrics import Counters
+from wow.nic.service import NicService
+from wow.node.config import NodeConfig
+from wow.util.fatal import fatal
+
+DHT_LEASE_FILE = "dht-leases.json"
+RELAY_LEASE_FILE = "relayed-leases.json"
+DHCP_SERVER_PORT = 67
+
+
+def build_dht_allocator(config: NodeConfig, dht: IDhtClient, reactor: Any,
+                        counters: Counters) -> DhtAllocator:
+    """The C{"dht"} mode's allocator, from the node's configuration."""
+    net, dhcp = config.network, config.dhcp
+    return DhtAllocator(
+        os.path.join(config.node.state_dir, DHT_LEASE_FILE), net.network, net.gateway_address,
+        dht, reactor, counters,
+        pool_start=IPv4Address(dhcp.pool_start) if dhcp.pool_start else None,
+        pool_end=IPv4Address(dhcp.pool_end) if dhcp.pool_end else None,
+    )
+
+
+class UdpRelayTransport(DatagramProtocol):
+    """
+    Relay over the underlay: relayed requests to the server's UDP port 67
+    from our port 67, where the server answers (RFC 2131 §4.1: to giaddr:67).
+    C{giaddr} is our address on the path to the server.
+    """
+
+    log = Logger()
+
+    def __init__(self, server: IPv4Address, counters: Counters) -> None:
+        self.server = server
+        self.counters = counters
+        self.on_reply: Callable[[bytes], None] = lambda payload: None
+
+    def local_address(self) -> IPv4Address:
+        """Our source address toward the server (what the kernel would pick)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((str(self.server), DHCP_SERVER_PORT))
+            return IPv4Address(s.getsockname()[0])
+
+    def send(self, payload: bytes) -> None:
+        if self.transport is None:
+            self.counters.inc("dhcp_relay_dropped", reason="transport-down")
+            return
+        self.transport.write(payload, (str(self.server), DHCP_SERVER_PORT))
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[0] != str(self.server):
+            self.counters.inc("dhcp_relay_dropped", reason="not-from-server")
+            return
+        try:
+            self.on_reply(data)
+        except Exception:
+            self.log.failure("relaying a reply from {addr} failed", addr=addr)
+
+
+class RelayNicService(NicService):
+    """
+    The NIC in C{"relay"} mode: the L{RelayAgent} takes the DHCP server's
+    place on the TAP.  With C{relay_transport = "udp"} it owns the UDP
+    transport; over the overlay the caller passes C{send_to_server} (to the
+    node holding C{dhcp.server}) and C{send_to_node} (to an overlay address),
+    and feeds what arrives to L{RelayAgent.from_server} / L{RelayAgent.from_relay}.
+    """
+
+    def __init__(self, config: NodeConfig, reactor: Any, counters: Counters,
+                 me: bytes = b"\x00" * 20, dht: IDhtClient | None = None,
+                 send_to_server: Callable[[bytes], None] | None = None,
+                 send_to_node: Callable[[bytes, bytes], None] | None = None,
+                 **kw: Any) -> None:
+        super().__init__(config, reactor, counters, **kw)
+        self.me = dht.address if dht is not None else me
+        self.dht = dht
+        self.send_to_server = send_to_server
+        self.send_to_node = send_to_node
+        self.udp: UdpRelayTransport | None = None
+        self.udp_port: Any = None
+        self.agent: RelayAgent | None = None
+
+    def privilegedStartService(self) -> None:
+        dhcp = self.config.dhcp
+        if dhcp.relay_transport == "udp":
+            from twisted.internet.error import CannotListenError
+
+            self.udp = UdpRelayTransport(IPv4Address(dhcp.server), self.counters)
+            try:
+                self.giaddr = self.udp.local_address()
+                self.udp_port = self.reactor.listenUDP(DHCP_SERVER_PORT, self.udp)
+            except OSError as e:
+                fatal("wow-node", f"cannot reach the DHCP server {dhcp.server}: {e.strerror}", 1)
+            except CannotListenError as e:
+                fatal("wow-node", f"cannot listen on UDP port {DHCP_SERVER_PORT} to relay "
+                      f"DHCP: {e.socketError}", 1)
+        elif self.send_to_server is None:
+            fatal("wow-node", 'dhcp.relay_transport "overlay" needs the overlay, which this '
+                  'wow-node does not run yet; use relay_transport = "udp"', 1)
+        else:
+            self.giaddr = self.config.network.gateway_address
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        net = self.config.network
+        send = self.udp.send if self.udp is not None else self.send_to_server
+        assert send is not None
+        self.agent = RelayAgent(
+            RelaySettings(net.gateway_address, net.network, self.me, self.giaddr),
+            os.path.join(self.config.node.state_dir, RELAY_LEASE_FILE), self.dht, self.reactor,
+            self.counters, send, self._deliver, self.send_to_node, self._to_local_server)
+        if self.udp is not None:
+            self.udp.on_reply = self.agent.from_server
+        # The control command and the restore read leases from here.
+        self.allocator = self.agent  # type: ignore[assignment]
+        super().startService()
+        self.agent.start()
+        self.log.info("relaying DHCP to {server} over {transport} (giaddr {giaddr})",
+                      server=self.config.dhcp.server, transport=self.config.dhcp.relay_transport,
+                      giaddr=self.giaddr)
+
+    def _dhcp_front(self, settings: ServerSettings) -> DhcpServer:
+        assert self.agent is not None
+        return self.agent  # type: ignore[return-value]
+
+    def _deliver(self, reply: DhcpReply) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher._send_reply(reply)
+
+    def _to_local_server(self, payload: bytes) -> None:
+        """On the server's node: a relayed request, onto the TAP to the server."""
+        from wow.net.ethernet import EthernetFrame, build_ethernet, ETH_P_IP
+        from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4
+        from wow.net.udp import UDPDatagram, build_udp
+
+        if self.port is None or self.host_mac is None:
+            return
+        gw, server = self.config.network.gateway_address, IPv4Address(self.config.dhcp.server)
+        udp = build_udp(UDPDatagram(DHCP_SERVER_PORT, DHCP_SERVER_PORT, payload), gw, server)
+        ip = build_ipv4(IPv4Packet(src=gw, dst=server, proto=PROTO_UDP, payload=udp, ttl=64))
+        self.port.write_frame(build_ethernet(EthernetFrame(self.host_mac, self.router_mac,
+                                                           ETH_P_IP, ip)))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.udp_port is not None:
+            port, self.udp_port = self.udp_port, None
+            return port.stopListening()
+        return None
+
+
+def nic_service_for(config: NodeConfig, reactor: Any, counters: Counters,
+                    dht: IDhtClient | None = None) -> NicService:
+    """The NIC service of C{config.dhcp.mode} (the node passes the DHT when it runs one)."""
+    mode = config.dhcp.mode
+    if mode == "relay":
+        return RelayNicService(config, reactor, counters, dht=dht)
+    if mode == "dht":
+        if dht is None:
+            fatal("wow-node", 'dhcp.mode "dht" needs the overlay\'s DHT, which this wow-node '
+                  'does not run yet; use mode = "local" or "relay"', 2)
+        return NicService(config, reactor, counters,
+                          allocator=build_dht_allocator(config, dht, reactor, counters))
+    return NicService(config, reactor, counters)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from wow.dhcp.allocator import BOUND, OFFER_HOLD, OFFERED, IAllocator, Lease
-from wow.dhcp.dht_allocator import GRACE, DhtAllocator, DhtAllocatorService
+from wow.dhcp.dht_allocator import GRACE, DhtAllocator
 from wow.dhcp.dhtclient import DhtClientError, IDhtClient, lease_key
 from wow.metrics import Counters
 from wow.testing import FakeDht
@@ -228,13 +228,12 @@ class DhtAllocatorTests(SynchronousTestCase):
 
     def test_clean_shutdown_releases_and_restart_reclaims(self) -> None:
         alloc = self.make()
-        service = DhtAllocatorService(alloc)
-        service.startService()
+        alloc.start()
         lease = self.bind(alloc)
-        self.assertIsNone(result(service.stopService()))
+        self.assertIsNone(result(alloc.shutdown()))
         self.assertIsNone(self.record(lease.ip))
         restarted = self.make(seed=7)
-        DhtAllocatorService(restarted).startService()
+        restarted.start()
         self.assertEqual(self.record(lease.ip)[1], NODE1)  # type: ignore[index]
         # The host's client INIT-REBOOTs with its address: ACKed.
         self.assertEqual(result(restarted.commit(A, None, lease.ip, 3600)).ip, lease.ip)

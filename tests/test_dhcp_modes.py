@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -13,12 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from wow.dhcp import loadgen
 from wow.dhcp.dht_allocator import DhtAllocator
-from wow.dhcp.modes import RelayNicService, nic_service_for
+from wow.dhcp.dhtclient import lease_key
+from wow.dhcp.modes import DhtNicService, RelayNicService, nic_service_for
 from wow.metrics import Counters
 from wow.nic.service import NicService
 from wow.node.config import load_node_config
 from wow.net.dhcp import (
     BOOTREPLY,
+    DHCPACK,
     DHCPOFFER,
     OPT_RELAY_AGENT_INFO,
     RAI_REMOTE_ID,
@@ -27,12 +29,21 @@ from wow.net.dhcp import (
     message_type_option,
     parse_dhcp,
 )
-from wow.net.ethernet import BROADCAST, ETH_P_IP, EthernetFrame, build_ethernet, parse_ethernet
+from wow.net.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, build_arp, parse_arp
+from wow.net.ethernet import (
+    BROADCAST,
+    ETH_P_ARP,
+    ETH_P_IP,
+    EthernetFrame,
+    build_ethernet,
+    parse_ethernet,
+)
 from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4, parse_ipv4
 from wow.net.udp import UDPDatagram, build_udp, parse_udp
 from wow.testing import FakeDht, FakeTapDevice, FakeTapSyscalls
 from wow.util.config import ConfigError
 
+NET = IPv4Network("10.128.0.0/16")
 GW = IPv4Address("10.128.0.1")
 SERVER = IPv4Address("10.128.0.2")
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
@@ -91,6 +102,29 @@ class NicForModeTests(SynchronousTestCase):
                               dht=FakeDht(clock).client(b"\x01" * 20))
         self.assertIsInstance(nic.allocator, DhtAllocator)
 
+    def test_dht_nic_claims_and_releases_on_shutdown(self) -> None:
+        reactor = MemoryReactorClock()
+        dht = FakeDht(reactor)
+        config = self.config(mode="dht")
+        nic = nic_service_for(config, reactor, Counters(), dht=dht.client(b"\x01" * 20),
+                              syscalls=FakeTapSyscalls())
+        self.assertIsInstance(nic, DhtNicService)
+        nic.privilegedStartService()
+        nic.startService()
+        device: FakeTapDevice = nic.syscalls.devices[-1]  # type: ignore[attr-defined]
+        mac = b"\x02\x00\x00\x00\x00\x0a"
+        device.inject(loadgen.discover(mac, 1))
+        assert nic.port is not None
+        nic.port.doRead()
+        offer = loadgen.parse_reply(device.written[-1])[2]
+        device.inject(loadgen.select(mac, 2, offer.yiaddr, GW))
+        nic.port.doRead()
+        self.assertEqual(loadgen.parse_reply(device.written[-1])[2].message_type, DHCPACK)
+        key = lease_key(NET, offer.yiaddr)
+        self.assertEqual(dht.live(key)[1], b"\x01" * 20)  # type: ignore[index]
+        self.assertIsNone(self.successResultOf(nic.stopService()))
+        self.assertIsNone(dht.live(key))
+
     def test_dht_without_the_overlay_is_one_sentence(self) -> None:
         e = self.assertRaises(SystemExit, nic_service_for, self.config(mode="dht"), Clock(),
                               Counters())
@@ -137,8 +171,14 @@ class OverlayRelayInMemoryTests(SynchronousTestCase):
         nodes: dict[bytes, RelayNicService] = {}
         a_addr, b_addr = b"\xaa" * 20, b"\xbb" * 20
 
-        def to_server(payload: bytes) -> None:  # the node holding 10.128.0.2: B
-            nodes[b_addr].agent.from_relay(payload)  # type: ignore[union-attr]
+        def to_server(payload: bytes) -> None:
+            # What the overlay transport does: find the node holding the
+            # server's virtual IP in the DHT, send it the payload.
+            def send(entries: list[Any]) -> None:
+                for entry in entries:
+                    nodes[entry.owner].agent.from_relay(payload)  # type: ignore[union-attr]
+
+            dht.client(a_addr).get(lease_key(NET, SERVER)).addCallback(send)
 
         def to_node(address: bytes, payload: bytes) -> None:
             nodes[address].agent.from_server(payload)  # type: ignore[union-attr]
@@ -147,17 +187,28 @@ class OverlayRelayInMemoryTests(SynchronousTestCase):
             nodes[addr] = self.node(addr.hex()[:2], addr, dht, send_to_server=to_server,
                                     send_to_node=to_node)
         a, b = nodes[a_addr], nodes[b_addr]
+        device: FakeTapDevice = b.syscalls.devices[-1]  # type: ignore[attr-defined]
+        # Each node asks its host whether it is the server (ARP who-has);
+        # B's host is, and answers: B publishes the server's address.
+        probe = parse_arp(parse_ethernet(device.written[0]).payload)
+        self.assertEqual((probe.op, probe.sender_ip, probe.target_ip), (ARP_REQUEST, GW, SERVER))
+        server_mac = b"\x02\x00\x00\x00\x00\x02"
+        answer = ArpPacket(ARP_REPLY, server_mac, SERVER, b.router_mac, GW)
+        self.read(b, build_ethernet(EthernetFrame(b.router_mac, server_mac, ETH_P_ARP,
+                                                  build_arp(answer))))
+        self.assertEqual(dht.live(lease_key(NET, SERVER))[1], b_addr)  # type: ignore[index]
+        device.written.clear()
+
         client = b"\x02\x00\x00\x00\x00\x0a"
         self.assertEqual(self.read(a, loadgen.discover(client, 7, broadcast=True)), [])
 
         # B wrote the relayed DISCOVER onto its TAP, to the server host.
-        device: FakeTapDevice = b.syscalls.devices[-1]  # type: ignore[attr-defined]
         (frame,) = device.written
         eth = parse_ethernet(frame)
         ip = parse_ipv4(eth.payload)
         udp = parse_udp(ip.payload, ip.src, ip.dst)
         relayed = parse_dhcp(udp.payload)
-        self.assertEqual((eth.dst, ip.src, ip.dst, udp.dst_port), (b.host_mac, GW, SERVER, 67))
+        self.assertEqual((eth.dst, ip.src, ip.dst, udp.dst_port), (server_mac, GW, SERVER, 67))
         self.assertEqual(relayed.giaddr, GW)
         self.assertEqual(dict(relayed.relay_agent_info or ())[RAI_REMOTE_ID], a_addr)
 
@@ -168,13 +219,12 @@ class OverlayRelayInMemoryTests(SynchronousTestCase):
         server_udp = build_udp(UDPDatagram(67, 67, build_dhcp(offer)), SERVER, GW)
         server_ip = build_ipv4(IPv4Packet(src=SERVER, dst=GW, proto=PROTO_UDP,
                                           payload=server_udp))
-        reply_frame = build_ethernet(EthernetFrame(b.router_mac, b.host_mac or b"", ETH_P_IP,
-                                                   server_ip))
+        reply_frame = build_ethernet(EthernetFrame(b.router_mac, server_mac, ETH_P_IP, server_ip))
         self.assertEqual(self.read(b, reply_frame), [])
 
         # A delivered it to its client: broadcast (the client asked), no option 82.
         device_a: FakeTapDevice = a.syscalls.devices[-1]  # type: ignore[attr-defined]
-        (delivered,) = device_a.written
+        (delivered,) = [f for f in device_a.written if parse_ethernet(f).ethertype == ETH_P_IP]
         eth, ip, msg = loadgen.parse_reply(delivered)
         self.assertEqual((eth.dst, ip.src, ip.dst), (BROADCAST, GW, LIMITED_BROADCAST))
         self.assertEqual((msg.message_type, msg.yiaddr, msg.xid), (DHCPOFFER,

@@ -34,7 +34,6 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -440,23 +439,3 @@ class DhtAllocator:
         deletes.addCallback(finished)
         return done
 
-
-class DhtAllocatorService(Service):
-    """
-    Starts and stops a L{DhtAllocator} with the node: claims re-asserted on
-    start, all released (bounded wait) on stop.  Add it to the node's
-    MultiService I{after} the overlay, so it stops before the overlay does.
-    """
-
-    name = "dhcp-dht"
-
-    def __init__(self, allocator: DhtAllocator) -> None:
-        self.allocator = allocator
-
-    def startService(self) -> None:
-        super().startService()
-        self.allocator.start()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self.allocator.shutdown()

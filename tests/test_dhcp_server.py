@@ -6,7 +6,10 @@ import struct
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import fail
+from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -30,6 +33,7 @@ from wow.net.dhcp import (
     client_fqdn_option,
     parse_dhcp,
 )
+from wow.net.errors import DHCPError
 from wow.net.ethernet import BROADCAST
 
 NET = IPv4Network("10.7.0.0/16")
@@ -245,6 +249,31 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNone(self.send(DHCPDISCOVER))
         self.assertEqual(self.counters.get("dhcp_refused", reason="allocator-error"), 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @given(
+        op=st.integers(0, 255), htype=st.integers(0, 255), hlen=st.integers(0, 16),
+        ciaddr=st.integers(0, 2**32 - 1), giaddr=st.sampled_from([0, 0, 0x01020304]),
+        flags=st.integers(0, 0xFFFF), chaddr=st.binary(min_size=6, max_size=6),
+        options=st.lists(st.tuples(st.sampled_from([12, 50, 53, 54, 61, 81, 55, 51, 3]),
+                                   st.binary(max_size=12)), max_size=6),
+        to_broadcast=st.booleans(),
+    )
+    def test_arbitrary_messages_never_raise(self, op: int, htype: int, hlen: int, ciaddr: int,
+                                            giaddr: int, flags: int, chaddr: bytes,
+                                            options: list[tuple[int, bytes]],
+                                            to_broadcast: bool) -> None:
+        msg = DhcpMessage(op=op, htype=htype, hlen=hlen, ciaddr=IPv4Address(ciaddr),
+                          giaddr=IPv4Address(giaddr), flags=flags, chaddr=chaddr,
+                          options=tuple(options))
+        try:
+            msg = parse_dhcp(build_dhcp(msg))
+        except DHCPError:
+            return  # not encodable as a DHCP message: nothing the server can receive
+        reply = fired(self.server.handle(msg, to_broadcast))
+        self.assertFalse(isinstance(reply, Failure), reply)
+        if reply is not None:
+            parse_dhcp(build_dhcp(reply.message))
+            self.assertIn(reply.message.message_type, (DHCPOFFER, DHCPACK, DHCPNAK))
 
     def test_restore_marks_leases_local(self) -> None:
         ip = self.bind(A)

@@ -125,7 +125,8 @@ class TapHelpersTests(SynchronousTestCase):
         self.assertEqual(mac[0], 0xFE)  # unicast, locally administered
         self.assertEqual(mac, router_mac_for("wow0"))
         self.assertNotEqual(mac, router_mac_for("wow1"))
-        self.assertEqual(router_mac_for("wow0", "02:00:00:00:00:09"), b"\x02" + b"\x00" * 4 + b"\x09")
+        self.assertEqual(router_mac_for("wow0", "02:00:00:00:00:09"),
+                         b"\x02" + b"\x00" * 4 + b"\x09")
 
     def test_host_mac_kept(self) -> None:
         path = self.mktemp()
@@ -142,6 +143,29 @@ class TapHelpersTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ITapSyscalls, PytunSyscalls()))
         self.assertTrue(verifyObject(ITapDevice, FakeTapDevice("t", 1500, HOST)))
         self.assertTrue(verifyObject(IPacketSink, UnroutedSink(Counters())))
+
+
+class DropLogTests(SynchronousTestCase):
+    def test_at_most_once_per_interval_per_reason(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import capturedLogs
+
+        from wow.nic.dispatch import DropLog
+
+        clock = Clock()
+        drops = DropLog(clock, interval=10)
+        with capturedLogs() as events:
+            for _ in range(5):
+                drops.dropped("ipv6")
+            drops.dropped("bad-arp", "truncated")
+            clock.advance(11)
+            drops.dropped("ipv6")
+        texts = [e["log_format"].format(**e) for e in events]
+        self.assertEqual(texts, [
+            "frame from the host dropped: ipv6",
+            "frame from the host dropped: bad-arp (truncated)",
+            "frame from the host dropped: ipv6 (+4 more since last logged)",
+        ])
 
 
 class TapPortTests(SynchronousTestCase):
@@ -208,6 +232,7 @@ class NicServiceTests(SynchronousTestCase):
         self.device.inject(frame)
         assert self.nic.port is not None
         self.nic.port.doRead()
+        self.reactor.advance(0)  # the lease file's group commit
         return self.device.written[before:]
 
     def lease(self, mac: bytes) -> IPv4Address:

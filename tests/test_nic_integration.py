@@ -6,6 +6,7 @@ the one-sentence start-up failures.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,9 @@ class DhcpClientsTests(SynchronousTestCase):
         n.dhclient_release()
         n.lab.wait_until(lambda: n.leases() == [], timeout=10, what="lease released")
         self.assertEqual(n.counter("dhcp_releases"), 1)
+        cli = subprocess.run([sys.executable, "-m", "wow", "leases", "--json", "--state-dir",
+                              n.state], capture_output=True, text=True, timeout=30, cwd=HERE)
+        self.assertEqual((cli.returncode, json.loads(cli.stdout)), (0, []))
         n.lab.stop(client)
 
         # Restart the node: the same host (same TAP MAC) gets the same address,

@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from wow.metrics import Counters
@@ -148,7 +149,8 @@ class LocalAllocator:
     def __init__(self, path: str, network: IPv4Network, gateway: IPv4Address,
                  clock: IReactorTime, counters: Counters | None = None,
                  pool_start: IPv4Address | None = None, pool_end: IPv4Address | None = None,
-                 offer_hold: float = OFFER_HOLD, quarantine: float = DECLINE_QUARANTINE) -> None:
+                 offer_hold: float = OFFER_HOLD, quarantine: float = DECLINE_QUARANTINE,
+                 group_commit: bool = False) -> None:
         self.path = path
         self.network = network
         self.gateway = gateway
@@ -162,6 +164,11 @@ class LocalAllocator:
         self._by_ip: dict[IPv4Address, Lease] = {}
         self._by_key: dict[str, IPv4Address] = {}
         self._cursor = int(self.first)
+        #: Group commit: changes made in one reactor turn are written once,
+        #: and their Deferreds fire only after that write is on disk.
+        self.group_commit = group_commit
+        self._waiting: list[tuple[Deferred[Any], Any]] = []
+        self._flush_call: Any = None
         self._load()
 
     # -- persistence ------------------------------------------------------
@@ -192,8 +199,33 @@ class LocalAllocator:
 
     def _save(self) -> None:
         records = [lease.to_json() for lease in self._by_ip.values() if lease.state != OFFERED]
-        data = json.dumps({"version": self.VERSION, "leases": records}, sort_keys=True)
+        data = json.dumps({"version": self.VERSION, "leases": records}, separators=(",", ":"))
         atomic_write(self.path, data.encode() + b"\n", mode=0o600)
+        self.counters.inc("lease_file_writes")
+
+    def _durable(self, value: Any) -> Deferred[Any]:
+        """C{value}, once the current state is on disk."""
+        if not self.group_commit:
+            self._save()
+            return succeed(value)
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((d, value))
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        waiting, self._waiting = self._waiting, []
+        try:
+            self._save()
+        except Exception:
+            failure = Failure()  # type: ignore[no-untyped-call]
+            for d, _ in waiting:
+                d.errback(failure)
+            return
+        for d, value in waiting:
+            d.callback(value)
 
     # -- bookkeeping ------------------------------------------------------
 
@@ -281,8 +313,7 @@ class LocalAllocator:
             return succeed(None)
         lease = Lease(ip, mac, key, BOUND, now + lease_time, hostname, fqdn)
         self._put(lease)
-        self._save()
-        return succeed(lease)
+        return self._durable(lease)
 
     def release(self, mac: bytes, client_id: bytes | None, ip: IPv4Address) -> Deferred[bool]:
         key = client_key(mac, client_id)
@@ -290,8 +321,7 @@ class LocalAllocator:
         if lease is None or lease.key != key or lease.state not in (BOUND, OFFERED):
             return succeed(False)
         self._by_ip[ip] = replace(lease, state=FREE, expires=self.clock.seconds())
-        self._save()
-        return succeed(True)
+        return self._durable(True)
 
     def decline(self, mac: bytes, client_id: bytes | None, ip: IPv4Address) -> Deferred[bool]:
         key = client_key(mac, client_id)
@@ -302,8 +332,7 @@ class LocalAllocator:
                                   expires=self.clock.seconds() + self.quarantine)
         if self._by_key.get(key) == ip:
             del self._by_key[key]
-        self._save()
-        return succeed(True)
+        return self._durable(True)
 
     def lookup(self, mac: bytes, client_id: bytes | None) -> Deferred[Lease | None]:
         ip = self._by_key.get(client_key(mac, client_id))

@@ -22,11 +22,18 @@ from twisted.logger import Logger
 from wow.dhcp.allocator import IAllocator, Lease, LocalAllocator
 from wow.dhcp.server import DhcpServer, ServerSettings
 from wow.metrics import Counters
-from wow.node.config import NodeConfig
 from wow.nic.arp import ArpResponder
 from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
-from wow.nic.tap import ITapDevice, ITapSyscalls, PytunSyscalls, TapError, TapPort, \
-    load_host_mac, router_mac_for
+from wow.nic.tap import (
+    ITapDevice,
+    ITapSyscalls,
+    PytunSyscalls,
+    TapError,
+    TapPort,
+    load_host_mac,
+    router_mac_for,
+)
+from wow.node.config import NodeConfig
 from wow.util.fatal import fatal
 
 PROGRAM = "wow-node"
@@ -93,6 +100,7 @@ class NicService(Service):
             net.gateway_address, self.reactor, self.counters,
             pool_start=IPv4Address(dhcp.pool_start) if dhcp.pool_start else None,
             pool_end=IPv4Address(dhcp.pool_end) if dhcp.pool_end else None,
+            group_commit=True,
         )
 
     def startService(self) -> None:

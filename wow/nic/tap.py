@@ -147,7 +147,7 @@ class PytunSyscalls:
     def open_tap(self, name: str, mtu: int, hwaddr: bytes) -> ITapDevice:
         import fcntl
 
-        import pytun
+        import pytun  # type: ignore[import-not-found]
 
         try:
             dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
@@ -160,7 +160,9 @@ class PytunSyscalls:
                     f"the interface name {name} is already used by a device that is not a TAP"
                 ) from None
             if code == errno.EPERM:
-                raise TapError(f"permission denied creating the TAP device {name} (run as root)") from None
+                raise TapError(
+                    f"permission denied creating the TAP device {name} (run as root)"
+                ) from None
             raise TapError(f"cannot create the TAP device {name}: {e.args[-1]}") from None
         try:
             dev.mtu = mtu

@@ -21,6 +21,7 @@ from wow import __version__
 
 COMMAND_MODULES = [
     "wow.cli.node",
+    "wow.cli.overlay",
 ]
 
 EXIT_OK = 0

@@ -28,6 +28,12 @@ class NodeService(MultiService):
         self.reactor = reactor
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
+        # The overlay: one UDP port, the ring and the DHT (docs/architecture.md).
+        from wow.overlay.service import OverlayService
+
+        self.overlay = OverlayService(config, reactor, getattr(self, "counters", None))
+        self.overlay.setServiceParent(self)
+        self.overlay.register_control(self.control)
 
     def privilegedStartService(self) -> None:
         ensure_private_directory(self.config.node.state_dir)

@@ -460,6 +460,7 @@ class OverlayNode:
             return
         if not self.crypto.verify(ans.public, sig,
                                   confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
+            del self.answering[hdr.src]
             self._drop("bad-signature", addr)
             return
         del self.answering[hdr.src]

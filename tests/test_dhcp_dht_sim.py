@@ -42,7 +42,7 @@ class SimBootStormTests(SynchronousTestCase):
         return net
 
     def client(self, net: SimNetwork, node: OverlayNode) -> OverlayDhtClient:
-        return OverlayDhtClient(node.dht, kick=lambda: net.poke(node))
+        return OverlayDhtClient(lambda: node.dht, kick=lambda: net.poke(node))
 
     def storm(self, pool: dict[str, IPv4Address], seed: int) -> None:
         net = self.ring(50, seed)

@@ -22,6 +22,7 @@ from wow import __version__
 COMMAND_MODULES = [
     "wow.cli.node",
     "wow.cli.demo",
+    "wow.cli.overlay",
 ]
 
 EXIT_OK = 0

@@ -87,26 +87,31 @@ class OverlayDhtClient:
     """
     L{IDhtClient} over the overlay's L{wow.overlay.dht.Dht}.
 
+    @param dht: returns the node's L{wow.overlay.dht.Dht} (called at each use:
+        the overlay service creates its node only when it starts).
     @param kick: called after each operation is started, for drivers that
         must be told the node has new timers (the simulator's C{poke}); the
         reactor-driven node needs none.
     """
 
-    def __init__(self, dht: Any, kick: Callable[[], None] | None = None) -> None:
+    def __init__(self, dht: Callable[[], Any], kick: Callable[[], None] | None = None) -> None:
+        self._dht = dht
+        self.kick = kick
+
+    @property
+    def address(self) -> bytes:  # type: ignore[override]
         from wow.overlay import address as A
 
-        self.dht = dht
-        self.kick = kick
-        self.address = A.to_bytes(dht.node.me)
+        return A.to_bytes(self._dht().node.me)
 
-    def _run(self, start: Callable[[], Deferred[Any]]) -> Deferred[Any]:
-        d = maybeDeferred(start)
+    def _run(self, start: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+        d = maybeDeferred(lambda: start(self._dht()))
         if self.kick is not None:
             self.kick()
         return d.addErrback(_translate)
 
     def create(self, key: bytes, value: bytes, ttl: int) -> Deferred[None]:
-        return self._run(lambda: self.dht.create(key, value, ttl)).addCallback(lambda _: None)
+        return self._run(lambda dht: dht.create(key, value, ttl)).addCallback(lambda _: None)
 
     def get(self, key: bytes) -> Deferred[list[DhtEntry]]:
         from wow.overlay import address as A
@@ -114,10 +119,10 @@ class OverlayDhtClient:
         def entries(values: list[Any]) -> list[DhtEntry]:
             return [DhtEntry(v.value, A.to_bytes(v.owner), float(v.ttl_left)) for v in values]
 
-        return self._run(lambda: self.dht.get(key)).addCallback(entries)
+        return self._run(lambda dht: dht.get(key)).addCallback(entries)
 
     def delete(self, key: bytes) -> Deferred[None]:
-        return self._run(lambda: self.dht.delete(key)).addCallback(lambda _: None)
+        return self._run(lambda dht: dht.delete(key)).addCallback(lambda _: None)
 
 
 def _translate(failure: Failure) -> Failure:
@@ -128,4 +133,6 @@ def _translate(failure: Failure) -> Failure:
         raise DhtClientError(failure.value.reason)
     if failure.check(ValueError):
         raise DhtClientError("invalid")
+    if failure.check(RuntimeError):
+        raise DhtClientError("unavailable")  # the overlay is not running
     return failure

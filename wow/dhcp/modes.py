@@ -125,7 +125,7 @@ class RelayNicService(NicService):
                  send_to_node: Callable[[bytes, bytes], None] | None = None,
                  **kw: Any) -> None:
         super().__init__(config, reactor, counters, **kw)
-        self.me = dht.address if dht is not None else me
+        self.me = me
         self.dht = dht
         self.send_to_server = send_to_server
         self.send_to_node = send_to_node
@@ -161,8 +161,9 @@ class RelayNicService(NicService):
         net = self.config.network
         send = self.udp.send if self.udp is not None else self.send_to_server
         assert send is not None
+        me = self.dht.address if self.dht is not None else self.me
         self.agent = RelayAgent(
-            RelaySettings(net.gateway_address, net.network, self.me, self.giaddr),
+            RelaySettings(net.gateway_address, net.network, me, self.giaddr),
             os.path.join(self.config.node.state_dir, RELAY_LEASE_FILE), self.dht, self.reactor,
             self.counters, send, self._deliver, self.send_to_node, self._to_local_server)
         if self.udp is not None:

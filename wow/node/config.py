@@ -58,6 +58,8 @@ class TapSection:
     mtu: int = DEFAULT_TAP_MTU
     #: The MAC the node answers ARP with (the virtual router); empty = derived.
     router_mac: str = ""
+    #: false = an overlay-only node (a pure bootstrap/relay node): no TAP.
+    enabled: bool = True
 
     def validate(self) -> None:
         if not self.name or len(self.name) > MAX_IFNAME:
@@ -185,10 +187,47 @@ class OverlaySection:
     interface: str = ""
     #: Nodes to join through, as udp://HOST:PORT; empty = start a new ring.
     bootstrap: tuple[str, ...] = ()
+    #: Seconds between keepalives on an otherwise silent link (NAT mappings).
+    keepalive: float = 15.0
+    #: Seconds of silence after which a link is declared dead.
+    dead_after: float = 45.0
+    #: Near neighbours kept on each side of the ring.
+    near: int = 2
+    #: Hops a routed message may take.
+    ttl: int = 64
+    #: Seconds between neighbour-list exchanges with the near neighbours.
+    stabilize: float = 30.0
+    #: Seconds between lookups of the Chord shortcut targets.
+    finger_refresh: float = 300.0
+    #: DHT: nodes each value is stored on (the k closest to its key).
+    replicas: int = 3
+    #: DHT: largest value in bytes.
+    dht_max_value: int = 1024
+    #: DHT: longest TTL in seconds.
+    dht_max_ttl: int = 604800
 
     def validate(self) -> None:
         if not 0 <= self.listen <= 65535:
             raise ConfigError(f"overlay.listen {self.listen} is not a UDP port number")
+        if not 0.2 <= self.keepalive <= 300:
+            raise ConfigError(f"overlay.keepalive {self.keepalive} must be between 0.2 and 300 s")
+        if not self.keepalive < self.dead_after <= 3600:
+            raise ConfigError(
+                f"overlay.dead_after {self.dead_after} must be above overlay.keepalive "
+                "and at most 3600 s"
+            )
+        if not 2 <= self.near <= 8:
+            raise ConfigError(f"overlay.near {self.near} must be between 2 and 8")
+        if not 8 <= self.ttl <= 255:
+            raise ConfigError(f"overlay.ttl {self.ttl} must be between 8 and 255")
+        if not 1 <= self.stabilize <= 3600 or not 10 <= self.finger_refresh <= 86400:
+            raise ConfigError("overlay.stabilize or overlay.finger_refresh is out of range")
+        if not 1 <= self.replicas <= 9:
+            raise ConfigError(f"overlay.replicas {self.replicas} must be between 1 and 9")
+        if not 1 <= self.dht_max_value <= 1200:
+            raise ConfigError(f"overlay.dht_max_value {self.dht_max_value} must be 1 to 1200")
+        if not 1 <= self.dht_max_ttl <= 30 * 86400:
+            raise ConfigError(f"overlay.dht_max_ttl {self.dht_max_ttl} must be 1 to 2592000")
         for url in self.bootstrap:
             _check_bootstrap(url)
         if self.interface:

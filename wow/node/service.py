@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
+from wow.dhcp.dhtclient import OverlayDhtClient
 from wow.dhcp.modes import nic_service_for
 from wow.metrics import Counters
 from wow.nic.service import NicService
@@ -36,9 +37,21 @@ class NodeService(MultiService):
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
         self.status = StatusBoard(reactor, self.counters)
-        self.control.register("status", self.status.status)
         self.control.register("counters", self.status.counters_snapshot)
-        self.nic: NicService = nic_service_for(config, reactor, self.counters)
+        # The overlay: one UDP port, the ring and the DHT (docs/architecture.md).
+        from wow.overlay.service import OverlayService
+
+        self.overlay = OverlayService(config, reactor, getattr(self, "counters", None))
+        self.overlay.setServiceParent(self)
+        self.overlay.register_control(self.control)
+        # One status command for every part (the overlay's own registration
+        # of "status" is folded into the board).
+        self.status.contribute("overlay", lambda: self.overlay.control_status({}))
+        self.control.register("status", self.status.status)
+        # After the overlay, so the NIC stops first (DHT claims released while
+        # the DHT still answers).
+        self.nic: NicService = nic_service_for(config, reactor, self.counters,
+                                               dht=OverlayDhtClient(lambda: self.overlay.dht))
         self.nic.setServiceParent(self)
         self.control.register("leases", self.nic.leases)
         self.status.contribute("nic", self.nic.status)

@@ -133,6 +133,8 @@ class OverlayNode:
         self.answering: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
+        #: Endpoints of links closed in the last seconds -> until when.
+        self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
         self.observers: list[Callable[[str, Link], None]] = []
         self.reflexive: Endpoint | None = None
@@ -250,6 +252,11 @@ class OverlayNode:
             if hdr.mode == W.LOCAL:
                 self._on_link_message(hdr, payload, addr, link, now)
             elif link is None:
+                if self._closing.get(addr, 0.0) > now:
+                    # A link we just closed: the peer may have sent this
+                    # before it saw our CLOSE; pass it on rather than lose it.
+                    self._route(hdr, data, payload, now, None)
+                    return
                 self._drop("not-linked", addr)
                 self._tell_unlinked(hdr, addr, now)
             else:
@@ -453,6 +460,7 @@ class OverlayNode:
             return
         if not self.crypto.verify(ans.public, sig,
                                   confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
+            del self.answering[hdr.src]
             self._drop("bad-signature", addr)
             return
         del self.answering[hdr.src]
@@ -507,6 +515,8 @@ class OverlayNode:
         self.table.remove(link.address)
         if self.by_endpoint.get(link.endpoint) is link:
             del self.by_endpoint[link.endpoint]
+        if reason != "timeout":
+            self._closing[link.endpoint] = now + 5.0
         self.counters.inc("overlay_links_down", reason=reason)
         self._membership_changed(now)
         for obs in self.observers:
@@ -663,6 +673,8 @@ class OverlayNode:
             self._finger_count = self.table.finger_count()
             for t in self.table.finger_targets():
                 self._send_ctm(t, False)
+        if self._closing:
+            self._closing = {e: t for e, t in self._closing.items() if t > now}
         if len(self.failed) > 1024:
             self.failed = {a: t for a, t in self.failed.items() if now - t < p.dial_backoff}
         self.call_later(min(p.probe, p.keepalive / 3), self._maintain)

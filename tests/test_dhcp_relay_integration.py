@@ -75,7 +75,11 @@ class RelayToDnsmasqTests(SynchronousTestCase):
         # Release: relayed to dnsmasq (the client sends it to the gateway, the
         # server identifier it was given), which frees the lease.
         site.dhclient_release()
-        lab.wait_until(lambda: site.leases() == [], timeout=10, what="relayed lease forgotten")
+        try:
+            lab.wait_until(lambda: site.leases() == [], timeout=20, what="relayed lease forgotten")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; counters {site.control('counters')}; node log:\n"
+                                 f"{lab.log_text(node)[-3000:]}") from None
         lab.wait_until(lambda: "DHCPRELEASE(" in lab.log_text(dnsmasq), timeout=10,
                        what="dnsmasq saw the release")
         lab.stop(client)

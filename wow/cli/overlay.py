@@ -65,10 +65,11 @@ def cmd_dht(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("status", help="this node's overlay address, endpoints, links")
-    add_socket_option(p)
-    add_json_option(p)
-    p.set_defaults(func=cmd_status)
+    if "status" not in subparsers.choices:  # wow.cli.node's status shows the overlay too
+        p = subparsers.add_parser("status", help="this node's overlay address, endpoints, links")
+        add_socket_option(p)
+        add_json_option(p)
+        p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("peers", help="every overlay link: address, endpoint, kind, RTT")
     add_socket_option(p)

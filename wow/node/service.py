@@ -50,11 +50,13 @@ class NodeService(MultiService):
         self.control.register("status", self.status.status)
         # After the overlay, so the NIC stops first (DHT claims released while
         # the DHT still answers).
-        self.nic: NicService = nic_service_for(config, reactor, self.counters,
-                                               dht=OverlayDhtClient(lambda: self.overlay.dht))
-        self.nic.setServiceParent(self)
-        self.control.register("leases", self.nic.leases)
-        self.status.contribute("nic", self.nic.status)
+        self.nic: NicService | None = None
+        if config.tap.enabled:  # false: an overlay-only node
+            self.nic = nic_service_for(config, reactor, self.counters,
+                                       dht=OverlayDhtClient(lambda: self.overlay.dht))
+            self.nic.setServiceParent(self)
+            self.control.register("leases", self.nic.leases)
+            self.status.contribute("nic", self.nic.status)
         if config.metrics.listen:
             from wow.prometheus import metrics_service
 

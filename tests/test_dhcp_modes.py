@@ -10,11 +10,14 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from wow.dhcp import loadgen
 from wow.dhcp.dht_allocator import DhtAllocator
 from wow.dhcp.dhtclient import lease_key
 from wow.dhcp.modes import DhtNicService, RelayNicService, nic_service_for
+from wow.dhcp.relay import IRelayTransport, RelayAgent
 from wow.metrics import Counters
 from wow.nic.service import NicService
 from wow.node.config import load_node_config
@@ -183,9 +186,17 @@ class OverlayRelayInMemoryTests(SynchronousTestCase):
         def to_node(address: bytes, payload: bytes) -> None:
             nodes[address].agent.from_server(payload)  # type: ignore[union-attr]
 
+        @implementer(IRelayTransport)
+        class Direct:
+            send_to_server = staticmethod(to_server)
+            send_to_node = staticmethod(to_node)
+
+            def attach(self, agent: RelayAgent) -> None:
+                pass
+
         for addr in (a_addr, b_addr):
-            nodes[addr] = self.node(addr.hex()[:2], addr, dht, send_to_server=to_server,
-                                    send_to_node=to_node)
+            self.assertTrue(verifyObject(IRelayTransport, Direct()))
+            nodes[addr] = self.node(addr.hex()[:2], addr, dht, transport=Direct())
         a, b = nodes[a_addr], nodes[b_addr]
         device: FakeTapDevice = b.syscalls.devices[-1]  # type: ignore[attr-defined]
         # Each node asks its host whether it is the server (ARP who-has);

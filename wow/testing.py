@@ -132,8 +132,7 @@ class FakeDht:
             self.clock.callLater(self.timeout, d.errback, DhtClientError("timeout"))
             return d
         if self.fail_next:
-            reason = self.fail_next.pop(0)
-            self.clock.callLater(self._delay(), d.errback, DhtClientError(reason))
+            self._answer(d, Failure(DhtClientError(self.fail_next.pop(0))))
             return d
 
         def arrive() -> None:

@@ -21,10 +21,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wow.dhcp.dht_allocator import DhtAllocator
 from wow.dhcp.dhtclient import IDhtClient
-from wow.dhcp.relay import RelayAgent, RelaySettings
+from wow.dhcp.relay import IRelayTransport, RelayAgent, RelaySettings
 from wow.dhcp.server import DhcpReply, DhcpServer, ServerSettings
 from wow.metrics import Counters
 from wow.net.arp import ARP_REQUEST, ArpPacket, build_arp, parse_arp
@@ -41,6 +42,8 @@ RELAY_LEASE_FILE = "relayed-leases.json"
 DHCP_SERVER_PORT = 67
 #: Over the overlay, the node asks its host this often whether it is the server.
 SERVER_PROBE_EVERY = 30.0
+#: ...and this often until its answer is published.
+SERVER_PROBE_FAST = 2.0
 
 
 def build_dht_allocator(config: NodeConfig, dht: IDhtClient, reactor: Any,
@@ -74,6 +77,7 @@ class DhtNicService(NicService):
         return self.allocator.shutdown()
 
 
+@implementer(IRelayTransport)
 class UdpRelayTransport(DatagramProtocol):
     """
     Relay over the underlay: relayed requests to the server's UDP port 67
@@ -94,7 +98,13 @@ class UdpRelayTransport(DatagramProtocol):
             s.connect((str(self.server), DHCP_SERVER_PORT))
             return IPv4Address(s.getsockname()[0])
 
-    def send(self, payload: bytes) -> None:
+    def attach(self, agent: RelayAgent) -> None:
+        self.on_reply = agent.from_server
+
+    def send_to_node(self, address: bytes, payload: bytes) -> None:
+        self.counters.inc("dhcp_relay_dropped", reason="no-overlay")
+
+    def send_to_server(self, payload: bytes) -> None:
         if self.transport is None:
             self.counters.inc("dhcp_relay_dropped", reason="transport-down")
             return
@@ -113,22 +123,18 @@ class UdpRelayTransport(DatagramProtocol):
 class RelayNicService(NicService):
     """
     The NIC in C{"relay"} mode: the L{RelayAgent} takes the DHCP server's
-    place on the TAP.  With C{relay_transport = "udp"} it owns the UDP
-    transport; over the overlay the caller passes C{send_to_server} (to the
-    node holding C{dhcp.server}) and C{send_to_node} (to an overlay address),
-    and feeds what arrives to L{RelayAgent.from_server} / L{RelayAgent.from_relay}.
+    place on the TAP.  With C{relay_transport = "udp"} it owns a
+    L{UdpRelayTransport}; over the overlay the caller passes the
+    L{IRelayTransport} (L{wow.dhcp.relay_overlay.OverlayRelayTransport}).
     """
 
     def __init__(self, config: NodeConfig, reactor: Any, counters: Counters,
                  me: bytes = b"\x00" * 20, dht: IDhtClient | None = None,
-                 send_to_server: Callable[[bytes], None] | None = None,
-                 send_to_node: Callable[[bytes, bytes], None] | None = None,
-                 **kw: Any) -> None:
+                 transport: IRelayTransport | None = None, **kw: Any) -> None:
         super().__init__(config, reactor, counters, **kw)
         self.me = me
         self.dht = dht
-        self.send_to_server = send_to_server
-        self.send_to_node = send_to_node
+        self.transport = transport
         self.udp: UdpRelayTransport | None = None
         self.udp_port: Any = None
         self.agent: RelayAgent | None = None
@@ -142,6 +148,7 @@ class RelayNicService(NicService):
             from twisted.internet.error import CannotListenError
 
             self.udp = UdpRelayTransport(IPv4Address(dhcp.server), self.counters)
+            self.transport = self.udp
             try:
                 self.giaddr = self.udp.local_address()
                 self.udp_port = self.reactor.listenUDP(DHCP_SERVER_PORT, self.udp)
@@ -150,7 +157,7 @@ class RelayNicService(NicService):
             except CannotListenError as e:
                 fatal("wow-node", f"cannot listen on UDP port {DHCP_SERVER_PORT} to relay "
                       f"DHCP: {e.socketError}", 1)
-        elif self.send_to_server is None:
+        elif self.transport is None:
             fatal("wow-node", 'dhcp.relay_transport "overlay" needs the overlay, which this '
                   'wow-node does not run yet; use relay_transport = "udp"', 1)
         else:
@@ -159,15 +166,15 @@ class RelayNicService(NicService):
 
     def startService(self) -> None:
         net = self.config.network
-        send = self.udp.send if self.udp is not None else self.send_to_server
-        assert send is not None
+        transport = self.transport
+        assert transport is not None
         me = self.dht.address if self.dht is not None else self.me
         self.agent = RelayAgent(
             RelaySettings(net.gateway_address, net.network, me, self.giaddr),
             os.path.join(self.config.node.state_dir, RELAY_LEASE_FILE), self.dht, self.reactor,
-            self.counters, send, self._deliver, self.send_to_node, self._to_local_server)
-        if self.udp is not None:
-            self.udp.on_reply = self.agent.from_server
+            self.counters, transport.send_to_server, self._deliver, transport.send_to_node,
+            self._to_local_server)
+        transport.attach(self.agent)
         # The control command and the restore read leases from here.
         self.allocator = self.agent  # type: ignore[assignment]
         super().startService()
@@ -210,7 +217,9 @@ class RelayNicService(NicService):
                             b"\x00" * 6, self.server_ip)
         self.port.write_frame(build_ethernet(EthernetFrame(BROADCAST, self.router_mac,
                                                            ETH_P_ARP, build_arp(request))))
-        self._probe = self.reactor.callLater(SERVER_PROBE_EVERY, self._probe_server)
+        found = self.agent is not None and self.agent.published(self.server_ip)
+        self._probe = self.reactor.callLater(SERVER_PROBE_EVERY if found else SERVER_PROBE_FAST,
+                                             self._probe_server)
 
     def _deliver(self, reply: DhcpReply) -> None:
         if self.dispatcher is not None:
@@ -240,14 +249,22 @@ class RelayNicService(NicService):
 
 
 def nic_service_for(config: NodeConfig, reactor: Any, counters: Counters,
-                    dht: IDhtClient | None = None, **kw: Any) -> NicService:
+                    dht: IDhtClient | None = None, overlay: Any = None, **kw: Any
+                    ) -> NicService:
     """
     The NIC service of C{config.dhcp.mode}; the node passes its DHT client
-    when it runs the overlay, and C{kw} goes to the service (C{syscalls},
-    C{sink}; C{send_to_server}/C{send_to_node} for the relay over the overlay).
+    and overlay service when it runs the overlay, and C{kw} goes to the
+    service (C{syscalls}, C{sink}, C{transport}).
     """
     mode = config.dhcp.mode
     if mode == "relay":
+        if overlay is not None and dht is not None and config.dhcp.relay_transport == "overlay" \
+                and "transport" not in kw:
+            from wow.dhcp.relay_overlay import OverlayRelayTransport
+
+            kw["transport"] = OverlayRelayTransport(
+                overlay, dht, config.network.network, IPv4Address(config.dhcp.server), reactor,
+                counters)
         return RelayNicService(config, reactor, counters, dht=dht, **kw)
     if mode == "dht":
         if dht is None:

@@ -46,6 +46,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface
 
 from wow.dhcp.allocator import BOUND, Lease, client_key
 from wow.dhcp.dhtclient import DhtClientError, IDhtClient, lease_key
@@ -78,6 +79,19 @@ RAI_SERVER_ID_OVERRIDE = 11
 MAX_HOPS = 16
 #: How long a relayed lease's DHT record outlives the lease.
 GRACE = 30
+
+class IRelayTransport(Interface):
+    """How relayed DHCP messages travel between nodes (UDP, the overlay)."""
+
+    def send_to_server(payload: bytes) -> None:
+        """A relayed client message, to the DHCP server (or the node hosting it)."""
+
+    def send_to_node(address: bytes, payload: bytes) -> None:
+        """A server reply, to the relaying node with overlay address C{address}."""
+
+    def attach(agent: RelayAgent) -> None:
+        """Hand what arrives to C{agent.from_server} / C{agent.from_relay} from now on."""
+
 
 SendToServer = Callable[[bytes], None]
 SendToNode = Callable[[bytes, bytes], None]  # (overlay address, DHCP payload)
@@ -122,6 +136,8 @@ class RelayAgent:
         self.to_local_server = to_local_server
         #: address -> lease of a client on this TAP, learnt from the server's ACKs
         self._leases: dict[IPv4Address, Lease] = {}
+        #: addresses whose last publication in the DHT succeeded
+        self._published: set[IPv4Address] = set()
         self._load()
 
     # -- the host's addresses -------------------------------------------
@@ -344,6 +360,7 @@ class RelayAgent:
         if lease is None or lease.mac != mac:
             return
         del self._leases[ip]
+        self._published.discard(ip)
         self._save()
         if self.dht is not None:
             self.dht.delete(lease_key(self.settings.network, ip)).addErrback(
@@ -354,9 +371,18 @@ class RelayAgent:
         if self.dht is None:
             return
         key = lease_key(self.settings.network, ip)
+
+        def ok(_: None) -> None:
+            self._published.add(ip)
+            self.counters.inc("dhcp_relay_published", result="ok")
+
+        self._published.discard(ip)
         self.dht.create(key, self.dht.address, max(1, int(seconds)) + GRACE).addCallbacks(
-            lambda _: self.counters.inc("dhcp_relay_published", result="ok"),
-            self._dht_failed, errbackArgs=("publish", ip))
+            ok, self._dht_failed, errbackArgs=("publish", ip))
+
+    def published(self, ip: IPv4Address) -> bool:
+        """Whether C{ip} is currently published in the DHT as ours."""
+        return ip in self._published and self.is_local(ip)
 
     def _dht_failed(self, failure: Failure, op: str, ip: IPv4Address) -> None:
         reason = failure.value.reason if failure.check(DhtClientError) else "error"
@@ -372,7 +398,8 @@ class RelayAgent:
         requests addressed to it reach this node.
         """
         current = self._live(ip)
-        if current is not None and current.mac == mac:
+        if current is not None and current.mac == mac and ip in self._published \
+                and current.expires - self.clock.seconds() > lifetime / 2:
             return
         self._leases[ip] = Lease(ip, mac, client_key(mac, None), BOUND,
                                  self.clock.seconds() + lifetime)

@@ -53,7 +53,8 @@ class NodeService(MultiService):
         self.nic: NicService | None = None
         if config.tap.enabled:  # false: an overlay-only node
             self.nic = nic_service_for(config, reactor, self.counters,
-                                       dht=OverlayDhtClient(lambda: self.overlay.dht))
+                                       dht=OverlayDhtClient(lambda: self.overlay.dht),
+                                       overlay=self.overlay)
             self.nic.setServiceParent(self)
             self.control.register("leases", self.nic.leases)
             self.status.contribute("nic", self.nic.status)

@@ -19,8 +19,7 @@ from wow.dhcp.dhtclient import lease_key
 from wow.dhcp.modes import DhtNicService, RelayNicService, nic_service_for
 from wow.dhcp.relay import IRelayTransport, RelayAgent
 from wow.metrics import Counters
-from wow.nic.service import NicService
-from wow.node.config import load_node_config
+from wow.net.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, build_arp, parse_arp
 from wow.net.dhcp import (
     BOOTREPLY,
     DHCPACK,
@@ -32,7 +31,6 @@ from wow.net.dhcp import (
     message_type_option,
     parse_dhcp,
 )
-from wow.net.arp import ARP_REPLY, ARP_REQUEST, ArpPacket, build_arp, parse_arp
 from wow.net.ethernet import (
     BROADCAST,
     ETH_P_ARP,
@@ -43,6 +41,8 @@ from wow.net.ethernet import (
 )
 from wow.net.ipv4 import PROTO_UDP, IPv4Packet, build_ipv4, parse_ipv4
 from wow.net.udp import UDPDatagram, build_udp, parse_udp
+from wow.nic.service import NicService
+from wow.node.config import load_node_config
 from wow.testing import FakeDht, FakeTapDevice, FakeTapSyscalls
 from wow.util.config import ConfigError
 

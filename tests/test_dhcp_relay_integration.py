@@ -58,7 +58,7 @@ class RelayToDnsmasqTests(SynchronousTestCase):
         self.assertEqual(site.addresses(), [ip + "/16"])
         # dnsmasq saw a relayed request: giaddr and option 82 from our agent.
         log = lab.log_text(dnsmasq)
-        self.assertIn(f"DHCPACK(", log)
+        self.assertIn("DHCPACK(", log)
         self.assertIn(ip, log)
         # Option 82 came back (circuit id = the client's MAC, 6 bytes) and the
         # server identifier is the overridden one (RFC 5107): the gateway.

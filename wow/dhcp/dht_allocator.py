@@ -51,7 +51,7 @@ from wow.dhcp.allocator import (
     client_key,
     default_pool,
 )
-from wow.dhcp.dhtclient import DhtClientError, IDhtClient, lease_key
+from wow.dhcp.dhtclient import EXISTS, DhtClientError, IDhtClient, failure_reason, lease_key
 from wow.metrics import Counters
 from wow.util.durable import atomic_write
 
@@ -200,14 +200,13 @@ class DhtAllocator:
             if self._claiming.get(ip) == key:
                 del self._claiming[ip]
             if isinstance(result, Failure):
-                if result.check(DhtClientError):
-                    error = result.value
-                    if error.taken:
-                        self._taken[ip] = self.clock.seconds() + TAKEN_MEMORY
-                        self.counters.inc("dhcp_dht_claims", phase=phase, result="taken")
-                    else:
-                        self.counters.inc("dhcp_dht_claims", phase=phase, result="error",
-                                          reason=error.reason)
+                reason = failure_reason(result)
+                if reason == EXISTS:
+                    self._taken[ip] = self.clock.seconds() + TAKEN_MEMORY
+                    self.counters.inc("dhcp_dht_claims", phase=phase, result="taken")
+                else:
+                    self.counters.inc("dhcp_dht_claims", phase=phase, result="error",
+                                      reason=reason)
                 return result
             self._taken.pop(ip, None)
             self.counters.inc("dhcp_dht_claims", phase=phase, result="ok")
@@ -220,7 +219,7 @@ class DhtAllocator:
         """Delete this node's claim on C{ip}; failures are counted, never raised."""
 
         def failed(f: Failure) -> None:
-            reason = f.value.reason if f.check(DhtClientError) else "error"
+            reason = failure_reason(f)
             self.counters.inc("dhcp_dht_releases", result="error", reason=reason)
             self.log.info("could not delete the claim on {ip} ({why}): {reason}",
                           ip=ip, why=why, reason=reason)
@@ -390,7 +389,7 @@ class DhtAllocator:
         def failed(f: Failure) -> None:
             f.trap(DhtClientError)
             current = self._leases.get(key)
-            if f.value.taken:
+            if failure_reason(f) == EXISTS:
                 self.counters.inc("dhcp_dht_conflicts", reason=phase)
                 self.log.error("the claim on {ip} (client {key}) is held by another node",
                                ip=lease.ip, key=key)
@@ -428,14 +427,13 @@ class DhtAllocator:
         done: Deferred[None] = Deferred()
         deletes = DeferredList([self._unclaim(ip, "shutdown") for ip in sorted(ips)],
                                consumeErrors=True)
-        timer = self.clock.callLater(wait, lambda: done.called or done.callback(None))
-
-        def finished(_: Any) -> None:
+        def finished(_: Any = None) -> None:
             if timer.active():
                 timer.cancel()
             if not done.called:
                 done.callback(None)
 
+        timer = self.clock.callLater(wait, finished)
         deletes.addCallback(finished)
         return done
 

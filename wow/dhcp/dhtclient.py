@@ -44,6 +44,12 @@ class DhtClientError(Exception):
         return self.reason == EXISTS
 
 
+def failure_reason(failure: Failure) -> str:
+    """The one-word reason of a failed DHT operation; "error" for anything else."""
+    value = failure.value
+    return value.reason if isinstance(value, DhtClientError) else "error"
+
+
 @dataclass(frozen=True)
 class DhtEntry:
     """One live value under a key, as a get returns it."""
@@ -99,7 +105,7 @@ class OverlayDhtClient:
         self.kick = kick
 
     @property
-    def address(self) -> bytes:  # type: ignore[override]
+    def address(self) -> bytes:
         from wow.overlay import address as A
 
         return A.to_bytes(self._dht().node.me)
@@ -129,7 +135,7 @@ def _translate(failure: Failure) -> Failure:
     """The overlay's DhtError (and refused arguments) as L{DhtClientError}."""
     from wow.overlay.dht import DhtError
 
-    if failure.check(DhtError):
+    if isinstance(failure.value, DhtError):
         raise DhtClientError(failure.value.reason)
     if failure.check(ValueError):
         raise DhtClientError("invalid")

@@ -72,7 +72,7 @@ class DhtNicService(NicService):
         super().startService()
         self.allocator.start()
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
         super().stopService()
         return self.allocator.shutdown()
 

@@ -36,11 +36,9 @@ directory so that a restarted node still knows its clients.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -49,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from wow.dhcp.allocator import BOUND, Lease, client_key
-from wow.dhcp.dhtclient import DhtClientError, IDhtClient, lease_key
+from wow.dhcp.dhtclient import IDhtClient, failure_reason, lease_key
 from wow.dhcp.server import LIMITED_BROADCAST, ZERO, DhcpReply
 from wow.metrics import Counters
 from wow.net.dhcp import (
@@ -385,7 +383,7 @@ class RelayAgent:
         return ip in self._published and self.is_local(ip)
 
     def _dht_failed(self, failure: Failure, op: str, ip: IPv4Address) -> None:
-        reason = failure.value.reason if failure.check(DhtClientError) else "error"
+        reason = failure_reason(failure)
         self.counters.inc("dhcp_relay_published" if op == "publish" else "dhcp_relay_unpublished",
                           result=reason)
         self.log.warn("DHT {op} of relayed lease {ip} failed: {reason}", op=op, ip=ip,

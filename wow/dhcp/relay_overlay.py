@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wow.dhcp.dhtclient import DhtClientError, DhtEntry, IDhtClient, lease_key
+from wow.dhcp.dhtclient import DhtEntry, IDhtClient, failure_reason, lease_key
 from wow.dhcp.relay import IRelayTransport, RelayAgent
 from wow.metrics import Counters
 from wow.overlay import address as A
@@ -106,7 +106,7 @@ class OverlayRelayTransport:
     def _lookup_failed(self, failure: Failure) -> None:
         self._looking = False
         waiting, self._waiting = self._waiting, []
-        reason = failure.value.reason if failure.check(DhtClientError) else "error"
+        reason = failure_reason(failure)
         self.counters.inc("dhcp_relay_dropped", amount=len(waiting),
                           reason=f"server-lookup-{reason}")
 

@@ -25,13 +25,6 @@ B = b"\x02\x00\x00\x00\x00\x0b"
 C = b"\x02\x00\x00\x00\x00\x0c"
 
 
-def result(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "allocator Deferred did not fire synchronously"
-    return out[0]
-
-
 class AllocatorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = os.path.join(self.mktemp() + "-leases.json")
@@ -53,94 +46,95 @@ class AllocatorTests(SynchronousTestCase):
 
     def test_offer_is_stable_per_client_and_distinct_between_clients(self) -> None:
         alloc = self.make()
-        a1 = result(alloc.offer(A, None, None))
-        a2 = result(alloc.offer(A, None, None))
-        b = result(alloc.offer(B, None, None))
+        a1 = self.successResultOf(alloc.offer(A, None, None))
+        a2 = self.successResultOf(alloc.offer(A, None, None))
+        b = self.successResultOf(alloc.offer(B, None, None))
         self.assertEqual(a1.ip, IPv4Address("10.9.0.2"))
         self.assertEqual(a1.ip, a2.ip)
         self.assertNotEqual(a1.ip, b.ip)
 
     def test_requested_address_honoured_when_free(self) -> None:
         alloc = self.make()
-        lease = result(alloc.offer(A, None, IPv4Address("10.9.0.77")))
+        lease = self.successResultOf(alloc.offer(A, None, IPv4Address("10.9.0.77")))
         self.assertEqual(lease.ip, IPv4Address("10.9.0.77"))
-        other = result(alloc.offer(B, None, IPv4Address("10.9.0.77")))
+        other = self.successResultOf(alloc.offer(B, None, IPv4Address("10.9.0.77")))
         self.assertNotEqual(other.ip, IPv4Address("10.9.0.77"))
-        outside = result(alloc.offer(C, None, IPv4Address("10.8.0.5")))
+        outside = self.successResultOf(alloc.offer(C, None, IPv4Address("10.8.0.5")))
         self.assertIn(outside.ip, NET)
 
     def test_commit_refuses_other_clients_address_and_outside_pool(self) -> None:
         alloc = self.make()
-        ip = result(alloc.offer(A, None, None)).ip
-        self.assertIsNotNone(result(alloc.commit(A, None, ip, 100)))
-        self.assertIsNone(result(alloc.commit(B, None, ip, 100)))
-        self.assertIsNone(result(alloc.commit(B, None, GW, 100)))
-        self.assertIsNone(result(alloc.commit(B, None, IPv4Address("10.9.1.3"), 100)))
+        ip = self.successResultOf(alloc.offer(A, None, None)).ip
+        self.assertIsNotNone(self.successResultOf(alloc.commit(A, None, ip, 100)))
+        self.assertIsNone(self.successResultOf(alloc.commit(B, None, ip, 100)))
+        self.assertIsNone(self.successResultOf(alloc.commit(B, None, GW, 100)))
+        self.assertIsNone(self.successResultOf(alloc.commit(B, None, IPv4Address("10.9.1.3"), 100)))
 
     def test_client_id_identifies_the_client(self) -> None:
         alloc = self.make()
-        ip = result(alloc.commit(A, b"\x01abc", IPv4Address("10.9.0.9"), 100)).ip
+        ip = self.successResultOf(alloc.commit(A, b"\x01abc", IPv4Address("10.9.0.9"), 100)).ip
         # Same client id behind another MAC: same client.
-        self.assertEqual(result(alloc.offer(B, b"\x01abc", None)).ip, ip)
+        self.assertEqual(self.successResultOf(alloc.offer(B, b"\x01abc", None)).ip, ip)
         # Same MAC without the client id: another client.
-        self.assertNotEqual(result(alloc.offer(A, None, None)).ip, ip)
+        self.assertNotEqual(self.successResultOf(alloc.offer(A, None, None)).ip, ip)
 
     def test_same_client_same_address_after_restart_and_release(self) -> None:
         alloc = self.make()
-        ip = result(alloc.offer(A, None, None)).ip
-        result(alloc.commit(A, None, ip, 100, "alpha", "alpha.wow"))
+        ip = self.successResultOf(alloc.offer(A, None, None)).ip
+        self.successResultOf(alloc.commit(A, None, ip, 100, "alpha", "alpha.wow"))
         again = self.make()
-        lease = result(again.lookup(A, None))
+        lease = self.successResultOf(again.lookup(A, None))
         self.assertEqual((lease.ip, lease.hostname, lease.fqdn), (ip, "alpha", "alpha.wow"))
-        self.assertTrue(result(again.release(A, None, ip)))
-        self.assertEqual(result(again.leases()), [])
+        self.assertTrue(self.successResultOf(again.release(A, None, ip)))
+        self.assertEqual(self.successResultOf(again.leases()), [])
         # Another client gets a never-used address, A gets its old one back.
         third = self.make()
-        self.assertNotEqual(result(third.offer(B, None, None)).ip, ip)
-        self.assertEqual(result(third.offer(A, None, None)).ip, ip)
+        self.assertNotEqual(self.successResultOf(third.offer(B, None, None)).ip, ip)
+        self.assertEqual(self.successResultOf(third.offer(A, None, None)).ip, ip)
 
     def test_expiry(self) -> None:
         alloc = self.make(pool_start=IPv4Address("10.9.0.10"),
                           pool_end=IPv4Address("10.9.0.11"))
-        ip_a = result(alloc.commit(A, None, IPv4Address("10.9.0.10"), 30)).ip
-        result(alloc.commit(B, None, IPv4Address("10.9.0.11"), 30))
-        self.assertIsNone(result(alloc.offer(C, None, None)))
+        ip_a = self.successResultOf(alloc.commit(A, None, IPv4Address("10.9.0.10"), 30)).ip
+        self.successResultOf(alloc.commit(B, None, IPv4Address("10.9.0.11"), 30))
+        self.assertIsNone(self.successResultOf(alloc.offer(C, None, None)))
         self.assertEqual(self.counters.get("dhcp_pool_exhausted"), 1)
         self.clock.advance(31)
-        self.assertEqual(result(alloc.leases()), [])
-        self.assertIsNone(result(alloc.lookup(A, None)))
+        self.assertEqual(self.successResultOf(alloc.leases()), [])
+        self.assertIsNone(self.successResultOf(alloc.lookup(A, None)))
         # Expired: the pool is full of stale records; C gets the oldest one.
-        self.assertIn(result(alloc.offer(C, None, None)).ip,
+        self.assertIn(self.successResultOf(alloc.offer(C, None, None)).ip,
                       {ip_a, IPv4Address("10.9.0.11")})
 
     def test_offer_hold_then_free(self) -> None:
         alloc = self.make(pool_start=IPv4Address("10.9.0.10"),
                           pool_end=IPv4Address("10.9.0.10"), offer_hold=5)
-        result(alloc.offer(A, None, None))
-        self.assertIsNone(result(alloc.offer(B, None, None)))
+        self.successResultOf(alloc.offer(A, None, None))
+        self.assertIsNone(self.successResultOf(alloc.offer(B, None, None)))
         self.clock.advance(6)
-        self.assertEqual(result(alloc.offer(B, None, None)).ip, IPv4Address("10.9.0.10"))
+        lease = self.successResultOf(alloc.offer(B, None, None))
+        self.assertEqual(lease.ip, IPv4Address("10.9.0.10"))
 
     def test_decline_quarantines(self) -> None:
         alloc = self.make(pool_start=IPv4Address("10.9.0.10"),
                           pool_end=IPv4Address("10.9.0.11"), quarantine=100)
-        ip = result(alloc.offer(A, None, None)).ip
-        self.assertTrue(result(alloc.decline(A, None, ip)))
-        self.assertFalse(result(alloc.decline(B, None, ip)))
-        self.assertNotEqual(result(alloc.offer(A, None, None)).ip, ip)
-        self.assertIsNone(result(alloc.commit(B, None, ip, 10)))
+        ip = self.successResultOf(alloc.offer(A, None, None)).ip
+        self.assertTrue(self.successResultOf(alloc.decline(A, None, ip)))
+        self.assertFalse(self.successResultOf(alloc.decline(B, None, ip)))
+        self.assertNotEqual(self.successResultOf(alloc.offer(A, None, None)).ip, ip)
+        self.assertIsNone(self.successResultOf(alloc.commit(B, None, ip, 10)))
         # Quarantine survives a restart.
         again = self.make(pool_start=IPv4Address("10.9.0.10"),
                           pool_end=IPv4Address("10.9.0.11"), quarantine=100)
-        self.assertIsNone(result(again.commit(C, None, ip, 10)))
+        self.assertIsNone(self.successResultOf(again.commit(C, None, ip, 10)))
         self.clock.advance(101)
-        self.assertIsNotNone(result(again.commit(C, None, ip, 10)))
+        self.assertIsNotNone(self.successResultOf(again.commit(C, None, ip, 10)))
 
     def test_release_by_someone_else_refused(self) -> None:
         alloc = self.make()
-        ip = result(alloc.commit(A, None, IPv4Address("10.9.0.5"), 100)).ip
-        self.assertFalse(result(alloc.release(B, None, ip)))
-        self.assertEqual(len(result(alloc.leases())), 1)
+        ip = self.successResultOf(alloc.commit(A, None, IPv4Address("10.9.0.5"), 100)).ip
+        self.assertFalse(self.successResultOf(alloc.release(B, None, ip)))
+        self.assertEqual(len(self.successResultOf(alloc.leases())), 1)
 
     def test_group_commit_writes_once_then_fires(self) -> None:
         alloc = self.make(group_commit=True)
@@ -153,7 +147,7 @@ class AllocatorTests(SynchronousTestCase):
         self.assertEqual([d.called for d in ds], [True] * 6)
         self.assertEqual(self.counters.get("lease_file_writes"), 1)
         again = self.make()
-        self.assertEqual(len(result(again.leases())), 4)
+        self.assertEqual(len(self.successResultOf(again.leases())), 4)
 
     def test_group_commit_failure_fails_every_waiter(self) -> None:
         alloc = self.make(group_commit=True)
@@ -168,13 +162,13 @@ class AllocatorTests(SynchronousTestCase):
         with open(self.path, "w") as f:
             f.write("{not json")
         alloc = self.make()
-        self.assertEqual(result(alloc.leases()), [])
+        self.assertEqual(self.successResultOf(alloc.leases()), [])
         self.assertTrue(os.path.exists(self.path + ".corrupt"))
         self.assertEqual(self.counters.get("lease_file_errors", reason="corrupt"), 1)
 
     def test_file_is_private_json(self) -> None:
         alloc = self.make()
-        result(alloc.commit(A, None, IPv4Address("10.9.0.5"), 100, "h"))
+        self.successResultOf(alloc.commit(A, None, IPv4Address("10.9.0.5"), 100, "h"))
         self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
         with open(self.path) as f:
             data = json.load(f)
@@ -226,5 +220,5 @@ class KillNineTests(SynchronousTestCase):
             clock.advance(1000)
             alloc = LocalAllocator(path, IPv4Network("10.9.0.0/22"), IPv4Address("10.9.0.1"),
                                    clock)
-            bound = result(alloc.leases())
+            bound = self.successResultOf(alloc.leases())
             self.assertEqual(sorted(str(lease.ip) for lease in bound), sorted(ips))

@@ -42,13 +42,6 @@ A = b"\x02\xaa\x00\x00\x00\x01"
 B = b"\x02\xbb\x00\x00\x00\x02"
 
 
-def fired(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "Deferred did not fire"
-    return out[0]
-
-
 class ServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -63,7 +56,7 @@ class ServerTests(SynchronousTestCase):
              ) -> DhcpReply | None:
         msg = request_message(mtype, mac, 0x1234, **kw)
         # Through the codec, as on the wire.
-        reply = fired(self.server.handle(parse_dhcp(build_dhcp(msg)), to_broadcast))
+        reply = self.successResultOf(self.server.handle(parse_dhcp(build_dhcp(msg)), to_broadcast))
         if reply is not None:
             # Every reply must encode.
             parse_dhcp(build_dhcp(reply.message))
@@ -111,7 +104,7 @@ class ServerTests(SynchronousTestCase):
         assert ack is not None
         self.assertEqual(ack.message.message_type, DHCPACK)
         self.assertEqual(ack.message.yiaddr, offer.message.yiaddr)
-        lease = fired(self.allocator.lookup(A, None))
+        lease = self.successResultOf(self.allocator.lookup(A, None))
         self.assertEqual((lease.hostname, lease.fqdn), ("h1", "h1.wow"))
         self.assertEqual(self.counters.get("dhcp_acks", state="selecting"), 1)
 
@@ -160,7 +153,7 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual((ack.dst_mac, ack.dst_ip), (A, ip))
         self.assertEqual(ack.message.ciaddr, ip)
         self.assertEqual(self.counters.get("dhcp_acks", state="renewing"), 1)
-        lease = fired(self.allocator.lookup(A, None))
+        lease = self.successResultOf(self.allocator.lookup(A, None))
         self.assertEqual(lease.expires, self.clock.seconds() + 600)
 
     def test_rebinding(self) -> None:
@@ -176,7 +169,7 @@ class ServerTests(SynchronousTestCase):
     def test_release(self) -> None:
         ip = self.bind(A)
         self.assertIsNone(self.send(DHCPRELEASE, A, ciaddr=ip, server=GW))
-        self.assertEqual(fired(self.allocator.leases()), [])
+        self.assertEqual(self.successResultOf(self.allocator.leases()), [])
         self.assertFalse(self.server.is_local(ip))
         self.assertEqual(self.counters.get("dhcp_releases"), 1)
         self.assertIsNone(self.send(DHCPRELEASE, B, ciaddr=ip, server=GW))
@@ -201,12 +194,22 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNone(m.lease_time)
         self.assertEqual(m.option(15), b"wow")
         self.assertEqual((ack.dst_mac, ack.dst_ip), (A, ip))
-        self.assertEqual(fired(self.allocator.leases()), [])
+        self.assertEqual(self.successResultOf(self.allocator.leases()), [])
+
+    def test_invalid_host_name_not_recorded_nor_echoed(self) -> None:
+        offer = self.send(DHCPDISCOVER)
+        assert offer is not None
+        ack = self.send(DHCPREQUEST, requested=offer.message.yiaddr, server=GW,
+                        hostname="bad name;rm -rf")
+        assert ack is not None
+        self.assertIsNone(ack.message.hostname)
+        self.assertEqual(self.successResultOf(self.allocator.lookup(A, None)).hostname, "")
+        self.assertEqual(self.counters.get("dhcp_bad_hostname"), 1)
 
     def test_several_clients_get_their_own_lease(self) -> None:
         ips = {self.bind(bytes([2, 0, 0, 0, 1, i])) for i in range(20)}
         self.assertEqual(len(ips), 20)
-        self.assertEqual(len(fired(self.allocator.leases())), 20)
+        self.assertEqual(len(self.successResultOf(self.allocator.leases())), 20)
 
     def test_client_id_echoed(self) -> None:
         reply = self.send(DHCPDISCOVER, extra=((OPT_CLIENT_ID, b"\x01" + A),))
@@ -223,7 +226,7 @@ class ServerTests(SynchronousTestCase):
             "unexpected-type": DhcpMessage(chaddr=A, options=((53, bytes([DHCPOFFER])),)),
         }
         for reason, msg in cases.items():
-            self.assertIsNone(fired(self.server.handle(msg, True)))
+            self.assertIsNone(self.successResultOf(self.server.handle(msg, True)))
             self.assertEqual(self.counters.get("dhcp_refused", reason=reason), 1, reason)
         self.assertIsNone(self.send(DHCPREQUEST, server=GW))
         self.assertIsNone(self.send(DHCPREQUEST))
@@ -269,8 +272,7 @@ class ServerTests(SynchronousTestCase):
             msg = parse_dhcp(build_dhcp(msg))
         except DHCPError:
             return  # not encodable as a DHCP message: nothing the server can receive
-        reply = fired(self.server.handle(msg, to_broadcast))
-        self.assertFalse(isinstance(reply, Failure), reply)
+        reply = self.successResultOf(self.server.handle(msg, to_broadcast))
         if reply is not None:
             parse_dhcp(build_dhcp(reply.message))
             self.assertIn(reply.message.message_type, (DHCPOFFER, DHCPACK, DHCPNAK))
@@ -279,6 +281,6 @@ class ServerTests(SynchronousTestCase):
         ip = self.bind(A)
         fresh = DhcpServer(self.settings, self.allocator, self.clock, Counters())
         self.assertFalse(fresh.is_local(ip))
-        fresh.restore(fired(self.allocator.leases()))
+        fresh.restore(self.successResultOf(self.allocator.leases()))
         self.assertTrue(fresh.is_local(ip))
         self.assertEqual(fresh.mac_of(ip), A)

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from wow.dhcp import loadgen
@@ -186,6 +187,22 @@ class TapPortTests(SynchronousTestCase):
         self.assertEqual(device.written, [b"y" * 60])
         self.assertEqual(counters.get("frames_dropped", reason="tap-write-error"), 1)
 
+    def test_read_error_stops_reading(self) -> None:
+        device = FakeTapDevice("t0", 1500, HOST)
+        reactor = MemoryReactorClock()
+        counters = Counters()
+        port = TapPort(device, lambda frame: None, counters, reactor)
+        port.startReading()
+        self.assertIn(port, reactor.getReaders())
+
+        def broken(size: int) -> bytes:
+            raise OSError(errno.EBADFD, "File descriptor in bad state")
+
+        device.read = broken  # type: ignore[method-assign]
+        port.doRead()
+        self.assertNotIn(port, reactor.getReaders())
+        self.assertEqual(counters.get("tap_errors", reason="read"), 1)
+
     def test_handler_error_does_not_stop_draining(self) -> None:
         device = FakeTapDevice("t0", 1500, HOST)
         counters = Counters()
@@ -313,6 +330,32 @@ class NicServiceTests(SynchronousTestCase):
         self.assertEqual(self.exchange(bad), [])
         self.assertGreaterEqual(self.counters.get("malformed"), 1)
         self.assertEqual(self.lease(HOST), ip)
+
+    def test_router_seam(self) -> None:
+        """Other IPv4 goes to the sink as raw bytes; the router writes back via the NIC."""
+        ip = self.lease(HOST)
+        got: list[tuple[bytes, IPv4Packet]] = []
+
+        class Sink:
+            def packet_from_host(self, raw: bytes, packet: IPv4Packet) -> None:
+                got.append((raw, packet))
+
+        assert self.nic.dispatcher is not None
+        self.nic.dispatcher.sink = Sink()
+        self.assertTrue(verifyObject(IPacketSink, implementer(IPacketSink)(Sink)()))
+        packet = build_ipv4(IPv4Packet(ip, IPv4Address("10.128.9.9"), PROTO_ICMP, b"\x08" * 8))
+        frame = build_ethernet(EthernetFrame(self.nic.router_mac, HOST, ETH_P_IP, packet),
+                               pad=True)
+        self.assertEqual(self.exchange(frame), [])
+        ((raw, parsed),) = got
+        self.assertEqual(raw, packet)  # Ethernet padding removed
+        self.assertEqual(parsed.dst, IPv4Address("10.128.9.9"))
+        self.assertEqual(self.nic.mac_of(ip.packed), HOST)
+        self.assertIsNone(self.nic.mac_of(IPv4Address("10.128.9.9").packed))
+        self.nic.write_to_host(HOST, packet)
+        eth = parse_ethernet(self.device.written[-1])
+        self.assertEqual((eth.dst, eth.src, eth.ethertype, eth.payload),
+                         (HOST, self.nic.router_mac, ETH_P_IP, packet))
 
     @given(st.binary(max_size=600))
     def test_arbitrary_frames_never_raise(self, data: bytes) -> None:

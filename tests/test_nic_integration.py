@@ -67,10 +67,16 @@ class DhcpClientsTests(SynchronousTestCase):
         n.stop()
         os.unlink(os.path.join(n.workdir, "dhclient.leases"))
         n.start()
-        n.dhclient("dhclient2")
+        second = n.dhclient("dhclient2")
         self.assertEqual(n.lease(n.wait_event("BOUND", count=2)).ip, lease.ip)
         self.assertEqual([r["ip"] for r in n.leases()], [lease.ip])
         self.assertEqual(n.addresses(), [lease.ip + "/16"])
+
+        # A client that remembers its lease asks for it again (INIT-REBOOT).
+        n.lab.stop(second)
+        n.dhclient("dhclient3")
+        self.assertEqual(n.lease(n.wait_event("REBOOT")).ip, lease.ip)
+        self.assertGreaterEqual(n.counter("dhcp_acks", "state=init-reboot"), 1)
 
     def test_udhcpc_lease_release_and_malformed_frames(self) -> None:
         n = self.site()
@@ -82,6 +88,12 @@ class DhcpClientsTests(SynchronousTestCase):
                          and n.counter("frames_dropped", "reason=bad-dhcp") >= 1,
                          timeout=10, what="malformed frames counted")
         self.assertGreaterEqual(n.counter("frames_dropped", "reason=bad-udp"), 1)
+        for command, needle in (("status", f"tap: {n.tap}"),
+                                ("counters", 'frames_dropped{reason=bad-ipv4}')):
+            cli = subprocess.run([sys.executable, "-m", "wow", command, "--state-dir", n.state],
+                                 capture_output=True, text=True, timeout=30, cwd=HERE)
+            self.assertEqual(cli.returncode, 0, cli.stderr)
+            self.assertIn(needle, cli.stdout)
         # ...and the node keeps serving.
         client = n.udhcpc()
         lease = n.lease(n.wait_event("bound", UDHCPC_EVENTS))
@@ -146,11 +158,15 @@ class StartupFailureTests(SynchronousTestCase):
     if SKIP:
         skip = SKIP
 
-    def run_node(self, lab: Lab, ns: str, *args: str) -> tuple[int, str]:
+    def run_node(self, lab: Lab, ns: str, *args: str, hide_tun: bool = False
+                 ) -> tuple[int, str]:
         pidfile = os.path.join(lab.workdir, f"fail-{time.monotonic_ns()}.pid")
         env = dict(os.environ, PYTHONPATH=HERE)
-        result = subprocess.run(lab.ns_argv(ns, [*TWISTD, "-n", "--pidfile", pidfile,
-                                                 "wow-node", *args]),
+        argv = [*TWISTD, "-n", "--pidfile", pidfile, "wow-node", *args]
+        if hide_tun:
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs none /dev/net && exec "$@"', "sh", *argv]
+        result = subprocess.run(lab.ns_argv(ns, argv),
                                 capture_output=True, timeout=60, cwd=HERE, env=env)
         return result.returncode, result.stderr.decode()
 
@@ -179,6 +195,11 @@ class StartupFailureTests(SynchronousTestCase):
         code, err = self.run_node(lab, ns, "--tap", tap, "--state-dir", state + "2")
         self.assertOneSentence(code, err, f"the TAP device {tap} is in use by another process")
         lab.stop(first)
+
+        # No /dev/net/tun: hide it behind an empty tmpfs in a private mount namespace.
+        code, err = self.run_node(lab, ns, "--tap", tap, "--state-dir", state,
+                                  hide_tun=True)
+        self.assertOneSentence(code, err, "/dev/net/tun does not exist")
 
         code, err = self.run_node(lab, ns, "--tap", "x" * 16, "--state-dir", state)
         self.assertOneSentence(code, err, "must be 1 to 15 characters long")

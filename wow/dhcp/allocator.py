@@ -103,6 +103,14 @@ class IAllocator(Interface):
         fires.
         """
 
+    def renew(mac: bytes, client_id: bytes | None, ip: IPv4Address, lease_time: int,
+              hostname: str = "", fqdn: str = "") -> Deferred[Lease | None]:
+        """
+        Extend the client's lease on C{ip} (DHCPREQUEST in RENEWING or
+        REBINDING); like L{commit}, L{None} when C{ip} is someone else's.
+        A distributed allocator refreshes its claim here.
+        """
+
     def release(mac: bytes, client_id: bytes | None, ip: IPv4Address) -> Deferred[bool]:
         """Give C{ip} back (DHCPRELEASE); False if the client did not hold it."""
 
@@ -314,6 +322,11 @@ class LocalAllocator:
         lease = Lease(ip, mac, key, BOUND, now + lease_time, hostname, fqdn)
         self._put(lease)
         return self._durable(lease)
+
+    def renew(self, mac: bytes, client_id: bytes | None, ip: IPv4Address, lease_time: int,
+              hostname: str = "", fqdn: str = "") -> Deferred[Lease | None]:
+        # Locally a renewal is a commit: the same checks, the same durability.
+        return self.commit(mac, client_id, ip, lease_time, hostname, fqdn)
 
     def release(self, mac: bytes, client_id: bytes | None, ip: IPv4Address) -> Deferred[bool]:
         key = client_key(mac, client_id)

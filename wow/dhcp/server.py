@@ -15,6 +15,7 @@ was lost.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,11 +99,20 @@ class DhcpReply:
         return TYPE_NAMES.get(self.message.message_type or 0, "?")
 
 
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
 def _text(value: str | None) -> str:
     """An option's text with unprintable characters removed, bounded."""
     if not value:
         return ""
     return "".join(ch for ch in value if ch.isprintable())[:255]
+
+
+def _hostname(msg: DhcpMessage) -> str:
+    """Option 12 if it is a valid DNS label (it may become a DNS name), else ""."""
+    name = (msg.hostname or "").strip()
+    return name if _LABEL.match(name) else ""
 
 
 def _fqdn(msg: DhcpMessage) -> str:
@@ -265,7 +275,11 @@ class DhcpServer:
 
     def _bind(self, msg: DhcpMessage, ip: IPv4Address, state: str) -> Deferred[DhcpReply | None]:
         mac = self._mac(msg)
-        hostname = _text(msg.hostname)
+        hostname = _hostname(msg)
+        if msg.hostname and not hostname:
+            self.counters.inc("dhcp_bad_hostname")
+            self.log.info("host name {name!r} from {mac} is not a DNS label; not recorded",
+                          name=_text(msg.hostname)[:64], mac=mac.hex(":"))
         fqdn = _fqdn(msg)
 
         def bound(lease: Lease | None) -> DhcpReply:
@@ -282,8 +296,10 @@ class DhcpServer:
                           lease=self.settings.lease_time)
             return self._reply(msg, DHCPACK, lease.ip, with_lease=True)
 
-        return maybeDeferred(self.allocator.commit, mac, msg.client_id, ip,
-                             self.settings.lease_time, hostname, fqdn).addCallback(bound)
+        method = self.allocator.renew if state in ("renewing", "rebinding") \
+            else self.allocator.commit
+        return maybeDeferred(method, mac, msg.client_id, ip, self.settings.lease_time,
+                             hostname, fqdn).addCallback(bound)
 
     def _release(self, msg: DhcpMessage, to_broadcast: bool) -> Deferred[DhcpReply | None]:
         if msg.server_id is not None and msg.server_id != self.settings.server_ip:
@@ -355,9 +371,9 @@ class DhcpServer:
             (OPT_DOMAIN_NAME, s.domain.encode("ascii")),
             (OPT_INTERFACE_MTU, struct.pack("!H", s.mtu)),
         ]
-        hostname = _text(msg.hostname)
+        hostname = _hostname(msg)
         if hostname:
-            options.append((OPT_HOST_NAME, hostname.encode("ascii", "replace")[:63]))
+            options.append((OPT_HOST_NAME, hostname.encode("ascii")))
         if msg.client_id:
             options.append((OPT_CLIENT_ID, bytes(msg.client_id)))
         reply = self._message(msg, yiaddr, tuple(options))

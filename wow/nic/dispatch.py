@@ -41,10 +41,18 @@ DHCP_CLIENT_PORT = 68
 
 
 class IPacketSink(Interface):
-    """Takes the IPv4 packets the host sends to other virtual addresses."""
+    """
+    Takes the IPv4 packets the host sends to other addresses: the seam where
+    the IP router (C{wow.router}) plugs in.
+    """
 
-    def packet_from_host(packet: IPv4Packet, frame: EthernetFrame) -> None:
-        """Route C{packet} (the router's job); must not raise."""
+    def packet_from_host(raw: bytes, packet: IPv4Packet) -> None:
+        """
+        Route one packet (the router's job); must not raise.
+
+        @param raw: the IPv4 packet exactly as sent (Ethernet padding removed).
+        @param packet: the same, parsed (header checksum verified).
+        """
 
 
 @implementer(IPacketSink)
@@ -55,7 +63,7 @@ class UnroutedSink:
         self.counters = counters
         self.drops = drops
 
-    def packet_from_host(self, packet: IPv4Packet, frame: EthernetFrame) -> None:
+    def packet_from_host(self, raw: bytes, packet: IPv4Packet) -> None:
         self.counters.inc("frames_dropped", reason="not-routed-yet")
         if self.drops is not None:
             self.drops.dropped("not-routed-yet", f"{packet.src} -> {packet.dst}")
@@ -168,7 +176,8 @@ class FrameDispatcher:
         if frame.dst == BROADCAST:
             self._drop("ip-broadcast")
             return
-        self.sink.packet_from_host(packet, frame)
+        raw = frame.payload[:packet.header_len + len(packet.payload)]
+        self.sink.packet_from_host(raw, packet)
 
     def _dhcp(self, frame: EthernetFrame, packet: IPv4Packet) -> None:
         try:

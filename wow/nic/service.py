@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from wow.dhcp.allocator import IAllocator, Lease, LocalAllocator
 from wow.dhcp.server import DhcpServer, ServerSettings
 from wow.metrics import Counters
+from wow.net.ethernet import ETH_P_IP, EthernetFrame, build_ethernet
 from wow.nic.arp import ArpResponder
 from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
 from wow.nic.tap import (
@@ -142,6 +143,22 @@ class NicService(Service):
             self.port.close()
             self.port = None
             self.device = None
+
+    # -- the router's side of the seam -------------------------------------
+
+    def mac_of(self, ip: bytes) -> bytes | None:
+        """The MAC of the local client leased C{ip} (4 bytes), if any."""
+        if self.server is None or len(ip) != 4:
+            return None
+        return self.server.mac_of(IPv4Address(ip))
+
+    def write_to_host(self, dst_mac: bytes, packet: bytes) -> None:
+        """Deliver one IPv4 packet to a client on the TAP, from the router MAC."""
+        if self.port is None:
+            self.counters.inc("frames_dropped", reason="tap-down")
+            return
+        self.port.write_frame(build_ethernet(
+            EthernetFrame(dst_mac, self.router_mac, ETH_P_IP, packet)))
 
     # -- control ----------------------------------------------------------
 

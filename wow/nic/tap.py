@@ -211,8 +211,12 @@ class TapPort(FileDescriptor):
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EINTR):
                     return
+                # The device is gone or broken (deleted under us): stop
+                # watching it rather than spin on a readable-but-failing fd.
                 self.counters.inc("tap_errors", reason="read")
-                self.log.error("reading the TAP failed: {error}", error=e)
+                self.log.error("reading the TAP {name} failed, no longer reading it: {error}",
+                               name=self.device.name, error=e)
+                self.stopReading()
                 return
             self.counters.inc("tap_frames_read")
             try:

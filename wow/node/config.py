@@ -245,6 +245,14 @@ class ControlSection:
     socket: str = ""
 
 
+def _check_listen(value: str, where: str) -> None:
+    """An optional ADDRESS:PORT setting ("" = off)."""
+    if value:
+        from wow.prometheus import parse_listen
+
+        parse_listen(value, where)
+
+
 @dataclass(frozen=True)
 class MetricsSection:
     """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
@@ -253,10 +261,7 @@ class MetricsSection:
     listen: str = ""
 
     def validate(self) -> None:
-        if self.listen:
-            from wow.prometheus import parse_listen
-
-            parse_listen(self.listen, "metrics.listen")
+        _check_listen(self.listen, "metrics.listen")
 
 
 @dataclass(frozen=True)
@@ -267,10 +272,7 @@ class WebSection:
     listen: str = ""
 
     def validate(self) -> None:
-        if self.listen:
-            from wow.prometheus import parse_listen
-
-            parse_listen(self.listen, "web.listen")
+        _check_listen(self.listen, "web.listen")
 
 
 @dataclass(frozen=True)

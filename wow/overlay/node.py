@@ -310,22 +310,31 @@ class OverlayNode:
                 if reason == "trim" and wanted:
                     self.dial(link.endpoint, link.address, owned=True)
             elif kind == W.NEIGHBOURS:
-                self._on_neighbours(W.decode(payload), link, now)
-                if not link.greeted:
-                    self._send_neighbours(link, now)
+                m = W.decode(payload)
                 if link.bootstrap:
-                    # The bootstrap node has the link now: route our join through it.
+                    # The bootstrap node has the link now: route our join
+                    # through it.  Its neighbours are somewhere else on the
+                    # ring, so linking to them would only be undone later.
                     link.bootstrap = False
                     self._send_join(now)
+                else:
+                    self._on_neighbours(m, link, now)
+                if not link.greeted:
+                    self._send_neighbours(link, now)
 
     # -- handshake ----------------------------------------------------------
 
     def dial(self, endpoint: Endpoint, expected: int | None, ctm: bool = False,
-             owned: bool = True) -> None:
-        """Start a handshake with C{endpoint} unless one is pointless or running."""
+             owned: bool = True, replace: bool = False) -> None:
+        """
+        Start a handshake with C{endpoint} unless one is pointless or running.
+
+        C{replace}: dial even though a link to C{expected} exists (the peer
+        restarted elsewhere; the new link replaces the old one).
+        """
         now = self.clock()
         if expected is not None:
-            if expected == self.me or expected in self.table.links \
+            if expected == self.me or (expected in self.table.links and not replace) \
                     or expected in self.dialing_addr or expected in self.answering:
                 return
             failed = self.failed.get(expected)
@@ -493,6 +502,8 @@ class OverlayNode:
             self.by_endpoint.pop(old.endpoint, None)
             self.counters.inc("overlay_links_replaced")
             link.owned = link.owned or old.owned
+            if old.endpoint != link.endpoint:
+                self._near_snapshot = frozenset()  # neighbours must hear the new endpoint
         stale = self.by_endpoint.get(link.endpoint)
         if stale is not None and stale.address != link.address:
             self._link_down(stale, "endpoint-reused", notify=False)
@@ -541,41 +552,49 @@ class OverlayNode:
 
     # -- ring maintenance ---------------------------------------------------
 
-    def _neighbour_entries(self) -> list[list[Any]]:
+    def _neighbours_payload(self) -> bytes:
         t = self.table
-        out = []
-        for a in t.successors() + t.predecessors():
-            link = t.links[a]
-            out.append([A.to_bytes(a), link.endpoint[0], link.endpoint[1]])
-        return out
+        t.successors()
+        cached = t.entries_cache
+        if cached is None:
+            out = []
+            for a in dict.fromkeys(t.successors() + t.predecessors()):
+                link = t.links[a]
+                out.append([A.to_bytes(a), link.endpoint[0], link.endpoint[1]])
+            cached = t.entries_cache = [W.encode({"l": out})]
+        return cached[0]  # type: ignore[return-value]
 
     def _send_neighbours(self, link: Link, now: float) -> None:
         link.greeted = True
-        self._send_link(link, W.NEIGHBOURS, W.encode({"l": self._neighbour_entries()}), now)
+        self._send_link(link, W.NEIGHBOURS, self._neighbours_payload(), now)
 
     def _on_neighbours(self, m: dict[str, Any], link: Link, now: float) -> None:
         entries = m.get("l")
         if not isinstance(entries, list) or len(entries) > 32:
             raise W.WireError("bad-payload", "neighbour list")
-        offered: dict[int, Endpoint] = {}
+        offered: dict[int, Any] = {}
+        links = self.table.links
+        me = self.me
         for e in entries:
             if not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], bytes) \
                     or len(e[0]) != A.SIZE:
                 raise W.WireError("bad-payload", "neighbour entry")
             addr = A.from_bytes(e[0])
-            endpoint = W.as_endpoint(e[1:])
-            if addr != self.me and addr not in self.table.links:
-                offered[addr] = endpoint
+            if addr != me and addr not in links:
+                offered[addr] = e
         if not offered:
             return
         # Dial only the offered nodes that would be among our near
         # neighbours given everything we know now (links and this list).
-        me, n = self.me, self.table.near
-        known = list(self.table.links) + list(offered)
-        known.sort(key=lambda a: (a - me) % A.MODULUS)
-        for a in set(known[:n]) | set(known[-n:]):
-            if a in offered:
-                self.dial(offered[a], a, owned=True)
+        n = self.table.near
+        mod = A.MODULUS
+        succ = sorted(list(offered) + self.table.successors(), key=lambda a: (a - me) % mod)[:n]
+        pred = sorted(list(offered) + self.table.predecessors(),
+                      key=lambda a: (me - a) % mod)[:n]
+        for a in set(succ) | set(pred):
+            e = offered.get(a)
+            if e is not None:
+                self.dial(W.as_endpoint(e[1:]), a, owned=True)
 
     def _endpoints(self) -> list[list[Any]]:
         eps = []
@@ -608,10 +627,12 @@ class OverlayNode:
             return
         link = self.table.links.get(hdr.src)
         if link is not None:
-            if m.get("j"):
-                self._send_neighbours(link, now)
-            return
-        self.dial(endpoint, hdr.src, ctm=True, owned=False)
+            if W.endpoint_value(link.endpoint) in eps:
+                if m.get("j"):
+                    self._send_neighbours(link, now)
+                return
+            # Linked, but the peer speaks from elsewhere now: it restarted.
+        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
 
     def _join(self, now: float) -> None:
         for ep in self.bootstrap:

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--churn", type=float, default=0.0,
-                   help="fraction of nodes that leave, and of new nodes that join, after convergence")
+                   help="fraction of nodes that leave, and as many that join, after convergence")
     p.add_argument("--crash", action="store_true",
                    help="churned nodes vanish without closing their links (default: close them)")
     p.add_argument("--seed", type=int, default=1)

@@ -146,6 +146,7 @@ class OverlayNode:
         self._gossip_pending = False
         self._near_snapshot: frozenset[int] = frozenset()
         self.near_changed_at = 0.0
+        self.near_lost_at = 0.0
         self._finger_count = 0
         self.started_at = 0.0
         self.running = False
@@ -523,6 +524,9 @@ class OverlayNode:
             return
         if notify:
             self._send_link(link, W.CLOSE, W.encode({"r": reason}), now)
+        if link.address in self.table.near_set():
+            # We may now be responsible for keys the lost neighbour held.
+            self.near_lost_at = now
         self.table.remove(link.address)
         if self.by_endpoint.get(link.endpoint) is link:
             del self.by_endpoint[link.endpoint]
@@ -561,8 +565,8 @@ class OverlayNode:
             for a in dict.fromkeys(t.successors() + t.predecessors()):
                 link = t.links[a]
                 out.append([A.to_bytes(a), link.endpoint[0], link.endpoint[1]])
-            cached = t.entries_cache = [W.encode({"l": out})]
-        return cached[0]  # type: ignore[return-value]
+            cached = t.entries_cache = W.encode({"l": out})
+        return cached
 
     def _send_neighbours(self, link: Link, now: float) -> None:
         link.greeted = True
@@ -773,7 +777,8 @@ class OverlayNode:
 
     def peers_info(self, now: float) -> list[dict[str, Any]]:
         out = []
-        for link in sorted(self.table.describe(), key=lambda lk: (lk.address - self.me) % A.MODULUS):
+        me = self.me
+        for link in sorted(self.table.describe(), key=lambda lk: (lk.address - me) % A.MODULUS):
             out.append({
                 "address": A.to_text(link.address),
                 "endpoint": f"{link.endpoint[0]}:{link.endpoint[1]}",

@@ -41,7 +41,7 @@ class RoutingTable:
         self._fingers = 1
         self._dirty_shortcuts = True
         #: The neighbour list as sent on the wire, rebuilt after changes.
-        self.entries_cache: list[list[object]] | None = None
+        self.entries_cache: bytes | None = None
 
     # -- membership ---------------------------------------------------------
 

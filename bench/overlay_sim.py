@@ -154,7 +154,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["messages"] = net.messages
     result["wall_s"] = round(time.monotonic() - t0, 1)
     log(json.dumps(net.counters.snapshot(), sort_keys=True))
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    # CPU seconds: wall time depends on what else the shared machine runs.
+    result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
     return result
 
 

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--join-rate", type=float, default=100.0, help="joins per virtual second")
     p.add_argument("--converge-limit", type=float, default=600.0)
     p.add_argument("--settle", type=float, default=60.0)
-    p.add_argument("--steady", type=float, default=60.0)
+    p.add_argument("--steady", type=float, default=30.0)
     p.add_argument("--churn-period", type=float, default=60.0)
     p.add_argument("--keys", type=int, default=500)
     p.add_argument("--routes", type=int, default=2000)

@@ -58,7 +58,7 @@ class OverlayParams:
     dial_backoff: float = 30.0
     max_dialing: int = 64
     max_answering: int = 512
-    stabilize: float = 30.0
+    stabilize: float = 10.0
     finger_refresh: float = 300.0
     join_retry: float = 10.0
     trim_grace: float = 60.0
@@ -191,7 +191,7 @@ class OverlayNode:
         self._join(now)
         self.call_later(p.probe * self.rng.uniform(0.5, 1.0), self._maintain)
         self.call_later(p.stabilize * self.rng.uniform(0.5, 1.0), self._stabilize)
-        self.call_later(p.join_retry, self._join_check)
+        self.call_later(3.0, self._join_check)
         self.call_later(5.0, self._fingers)
         self.call_later(p.dht_republish * self.rng.uniform(0.5, 1.0), self.dht.republish)
 
@@ -320,7 +320,10 @@ class OverlayNode:
                     self._send_join(now)
                 else:
                     self._on_neighbours(m, link, now)
-                if not link.greeted:
+                    self._maybe_correct(m, link, now)
+                if not link.greeted and link.address in self.table.near_set():
+                    # Answer a greeting from a near neighbour with our own
+                    # list; a far peer (a shortcut) has no use for it.
                     self._send_neighbours(link, now)
 
     # -- handshake ----------------------------------------------------------
@@ -600,6 +603,24 @@ class OverlayNode:
             if e is not None:
                 self.dial(W.as_endpoint(e[1:]), a, owned=True)
 
+    def _maybe_correct(self, m: dict[str, Any], link: Link, now: float) -> None:
+        """
+        Anti-entropy: if we know a node that belongs among the sender's near
+        neighbours but is missing from its list, send it our list now rather
+        than at the next stabilisation round.
+        """
+        if now - link.last_sent < 0.5:
+            return
+        listed = {A.from_bytes(e[0]) for e in m["l"]}
+        peer, n, mod = link.address, self.table.near, A.MODULUS
+        mine = set(self.table.near_set())
+        mine.discard(peer)
+        everyone = listed | mine
+        succ = sorted(everyone, key=lambda a: (a - peer) % mod)[:n]
+        pred = sorted(everyone, key=lambda a: (peer - a) % mod)[:n]
+        if any(a not in listed for a in succ + pred):
+            self._send_neighbours(link, now)
+
     def _endpoints(self) -> list[list[Any]]:
         eps = []
         if self.reflexive is not None:
@@ -644,11 +665,21 @@ class OverlayNode:
                 self.dial(ep, None, owned=True)
 
     def _join_check(self, now: float) -> None:
+        """
+        Re-join when alone; while young, ask the ring again for our place.
+
+        A join routed while the ring around our address is still forming
+        can end at the wrong node; asking again a few times early (the node
+        closest to us answers with its neighbour list) fixes that quickly,
+        and costs nothing once the node is settled.
+        """
+        age = now - self.started_at
         if not self.table.links:
             self._join(now)
-        elif len(self.table.links) < 2 * self.table.near:
+        elif len(self.table.links) < 2 * self.table.near or age < 60:
             self._send_join(now)
-        self.call_later(self.params.join_retry * self.rng.uniform(0.8, 1.2), self._join_check)
+        delay = self.params.join_retry if age >= 30 else 3.0 + age / 2
+        self.call_later(delay * self.rng.uniform(0.8, 1.2), self._join_check)
 
     def _stabilize(self, now: float) -> None:
         for a in self.table.near_set():

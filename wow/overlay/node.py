@@ -356,6 +356,7 @@ class OverlayNode:
 
     def _send_hello(self, d: Dialing, now: float) -> None:
         d.attempts += 1
+        d.sent_at = now
         d.next_retry = now + self.params.hello_retry * d.attempts
         payload = W.encode({"k": self.crypto.public, "n": d.nonce, "i": self.incarnation,
                             "c": d.ctm})
@@ -421,7 +422,7 @@ class OverlayNode:
             {"k": self.crypto.public, "n": nb, "i": self.incarnation,
              "o": W.endpoint_value(addr), "s": sig}))
         self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
-                                         now + self.params.hello_retry * 10)
+                                         now + self.params.hello_retry * 10, now)
         self._raw(reply, addr)
 
     def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
@@ -454,7 +455,7 @@ class OverlayNode:
         owned = d.owned or peer in self._adopt
         self._adopt.discard(peer)
         link = Link(peer, addr, public, incarnation, owned, now, now, now, hello_nonce=d.nonce,
-                    bootstrap=d.expected is None)
+                    bootstrap=d.expected is None, rtt=now - d.sent_at)
         # The dialler speaks second: our CONFIRM may still be in flight, so
         # we wait for the peer's neighbour list before sending anything.
         self._link_up(link, now, greet=False)
@@ -481,7 +482,7 @@ class OverlayNode:
         owned = ans.ctm or ans.address in self._adopt
         self._adopt.discard(ans.address)
         link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
-                    hello_nonce=ans.na)
+                    hello_nonce=ans.na, rtt=now - ans.sent_at)
         self._link_up(link, now)
 
     def _on_refuse(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:

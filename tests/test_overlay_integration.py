@@ -7,6 +7,7 @@ bounded time, and restarted they rejoin with the same addresses.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.netns import Lab, skip_reason
+from wow import __version__
 from wow.control.client import ControlError, call
 
 NODES = 8
@@ -68,6 +70,13 @@ class RealDaemonRing(TestCase):
     def ctl(self, i: int, command: str, args: dict[str, Any] | None = None) -> Any:
         return call(os.path.join(self.state_dir(i), "control.sock"), command, args)
 
+    def wow(self, *argv: str, node: int) -> str:
+        wow = os.path.join(os.path.dirname(sys.executable), "wow")
+        result = subprocess.run([wow, *argv, "--state-dir", self.state_dir(node)],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
     def ring_ok(self, members: list[int]) -> bool:
         try:
             status = {i: self.ctl(i, "status")["overlay"] for i in members}
@@ -92,6 +101,17 @@ class RealDaemonRing(TestCase):
         peers = self.ctl(3, "peers")
         self.assertGreaterEqual(len(peers), 4)
         self.assertTrue({"near"} <= {p["kind"] for p in peers})
+
+        # The wow CLI over the control socket, human and JSON forms.
+        status = json.loads(self.wow("status", "--json", node=3))
+        self.assertEqual(status["overlay"]["address"], addresses[3])
+        self.assertEqual(status["overlay"]["version"], __version__)
+        self.assertIn("successor", self.wow("status", node=3))
+        table = self.wow("peers", node=3)
+        self.assertIn("near", table)
+        self.assertEqual(len(json.loads(self.wow("peers", "--json", node=3))), len(peers))
+        self.assertEqual(self.wow("dht", "create", "cli-key", "v", node=1).strip(), "ok")
+        self.assertIn(addresses[1], self.wow("dht", "get", "cli-key", node=7))
 
         self.ctl(2, "dht.put", {"key": "greeting", "value": "hello from 2", "ttl": 600})
         got = self.ctl(6, "dht.get", {"key": "greeting"})

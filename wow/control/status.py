@@ -22,7 +22,7 @@ def add_status_section(control: Any, name: str, section: Section) -> None:
     if sections is None:
         sections = control.status_sections = {}
 
-        def status(args: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        def status(args: dict[str, Any]) -> defer.Deferred[Any]:
             assert sections is not None
             names = sorted(sections)
             ds = [defer.maybeDeferred(sections[n], args) for n in names]

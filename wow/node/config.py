@@ -196,7 +196,7 @@ class OverlaySection:
     #: Hops a routed message may take.
     ttl: int = 64
     #: Seconds between neighbour-list exchanges with the near neighbours.
-    stabilize: float = 30.0
+    stabilize: float = 10.0
     #: Seconds between lookups of the Chord shortcut targets.
     finger_refresh: float = 300.0
     #: DHT: nodes each value is stored on (the k closest to its key).

@@ -230,10 +230,12 @@ class Dht:
             self.counters.inc("dht_dropped", reason="unknown-request")
             return
         ok = bool(m.get("ok"))
-        err = m.get("e") if isinstance(m.get("e"), str) else "failed"
+        e = m.get("e")
+        err: str = e if isinstance(e, str) else "failed"
         if p.timer is not None:
             p.timer.cancel()
-        if not ok and err in ("conflict", "busy") and p.attempts < self.node.params.dht_attempts + 2:
+        retries_left = p.attempts < self.node.params.dht_attempts + 6
+        if not ok and err in ("conflict", "busy") and retries_left:
             # A concurrent create held a reservation: back off and try again.
             self.counters.inc("dht_retries", reason=err)
             p.timer = self.node.call_later(self.rng.uniform(0.2, 1.5),
@@ -294,7 +296,7 @@ class Dht:
             if why:
                 return why
         entries = self.live(rec.key, now)
-        for (owner, is_del, value), r in entries.items():
+        for (owner, is_del, _), r in entries.items():
             if is_del and owner == rec.owner and r.issued_ms >= rec.issued_ms \
                     and (not r.value or r.value == rec.value) and rec.action != DELETE:
                 return "deleted"
@@ -462,10 +464,11 @@ class Dht:
         if res is not None and res.expires > now and res.op != op:
             if res.owner != rec.owner:
                 return "busy"
-        if not self.live(rec.key, now) and now - self.node.near_changed_at \
-                < self.node.params.dht_sync_grace:
-            # Our neighbourhood just changed: records we should hold may still
-            # be on their way, so we must not vote "absent".
+        recently = max(self.node.started_at, self.node.near_lost_at)
+        if not self.live(rec.key, now) and now - recently < self.node.params.dht_sync_grace:
+            # We just started or lost a near neighbour: we may have become a
+            # replica of keys whose records are still on their way to us, so
+            # we must not vote "absent".
             return "abstain"
         self.reservations[rec.key] = _Reservation(op, rec.owner, now + RESERVE_LEASE)
         return "ok"
@@ -505,12 +508,12 @@ class Dht:
         if op.action == "create":
             assert op.rec is not None
             if oks >= self.quorum:
-                for r in op.replicas:
-                    self._to(r, {"op": "commit", "r": op.op, "rec": op.rec.to_wire()})
+                for replica in op.replicas:
+                    self._to(replica, {"op": "commit", "r": op.op, "rec": op.rec.to_wire()})
                 self._reply(op.client, op.rid, True)
             else:
-                for r in op.replicas:
-                    self._to(r, {"op": "abort", "r": op.op, "k": op.key})
+                for replica in op.replicas:
+                    self._to(replica, {"op": "abort", "r": op.op, "k": op.key})
                 err = "exists" if "exists" in op.votes.values() else "conflict"
                 self._reply(op.client, op.rid, False, err)
             self.busy_keys.discard(op.key)

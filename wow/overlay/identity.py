@@ -97,8 +97,9 @@ class NodeIdentity:
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def verify(self, public: bytes, signature: bytes, data: bytes) -> bool:
-        key = self._verifiers.get(public, False)
-        if key is False:
+        if public in self._verifiers:
+            key = self._verifiers[public]
+        else:
             try:
                 loaded = serialization.load_der_public_key(public)
                 key = loaded if isinstance(loaded, ec.EllipticCurvePublicKey) else None

@@ -17,7 +17,7 @@ decisions live in L{wow.overlay.node}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wow.overlay import address as A
 
@@ -77,6 +77,8 @@ class Dialing:
     owned: bool
     attempts: int
     next_retry: float
+    #: When the last HELLO left (the handshake gives the first RTT sample).
+    sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -92,4 +94,4 @@ class Answering:
     reply: bytes
     ctm: bool
     expires: float
-    extra: dict[str, object] = field(default_factory=dict)
+    sent_at: float = 0.0

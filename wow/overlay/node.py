@@ -58,7 +58,7 @@ class OverlayParams:
     dial_backoff: float = 30.0
     max_dialing: int = 64
     max_answering: int = 512
-    stabilize: float = 30.0
+    stabilize: float = 10.0
     finger_refresh: float = 300.0
     join_retry: float = 10.0
     trim_grace: float = 60.0
@@ -146,6 +146,7 @@ class OverlayNode:
         self._gossip_pending = False
         self._near_snapshot: frozenset[int] = frozenset()
         self.near_changed_at = 0.0
+        self.near_lost_at = 0.0
         self._finger_count = 0
         self.started_at = 0.0
         self.running = False
@@ -190,7 +191,7 @@ class OverlayNode:
         self._join(now)
         self.call_later(p.probe * self.rng.uniform(0.5, 1.0), self._maintain)
         self.call_later(p.stabilize * self.rng.uniform(0.5, 1.0), self._stabilize)
-        self.call_later(p.join_retry, self._join_check)
+        self.call_later(3.0, self._join_check)
         self.call_later(5.0, self._fingers)
         self.call_later(p.dht_republish * self.rng.uniform(0.5, 1.0), self.dht.republish)
 
@@ -310,22 +311,34 @@ class OverlayNode:
                 if reason == "trim" and wanted:
                     self.dial(link.endpoint, link.address, owned=True)
             elif kind == W.NEIGHBOURS:
-                self._on_neighbours(W.decode(payload), link, now)
-                if not link.greeted:
-                    self._send_neighbours(link, now)
+                m = W.decode(payload)
                 if link.bootstrap:
-                    # The bootstrap node has the link now: route our join through it.
+                    # The bootstrap node has the link now: route our join
+                    # through it.  Its neighbours are somewhere else on the
+                    # ring, so linking to them would only be undone later.
                     link.bootstrap = False
                     self._send_join(now)
+                else:
+                    self._on_neighbours(m, link, now)
+                    self._maybe_correct(m, link, now)
+                if not link.greeted and link.address in self.table.near_set():
+                    # Answer a greeting from a near neighbour with our own
+                    # list; a far peer (a shortcut) has no use for it.
+                    self._send_neighbours(link, now)
 
     # -- handshake ----------------------------------------------------------
 
     def dial(self, endpoint: Endpoint, expected: int | None, ctm: bool = False,
-             owned: bool = True) -> None:
-        """Start a handshake with C{endpoint} unless one is pointless or running."""
+             owned: bool = True, replace: bool = False) -> None:
+        """
+        Start a handshake with C{endpoint} unless one is pointless or running.
+
+        C{replace}: dial even though a link to C{expected} exists (the peer
+        restarted elsewhere; the new link replaces the old one).
+        """
         now = self.clock()
         if expected is not None:
-            if expected == self.me or expected in self.table.links \
+            if expected == self.me or (expected in self.table.links and not replace) \
                     or expected in self.dialing_addr or expected in self.answering:
                 return
             failed = self.failed.get(expected)
@@ -343,6 +356,7 @@ class OverlayNode:
 
     def _send_hello(self, d: Dialing, now: float) -> None:
         d.attempts += 1
+        d.sent_at = now
         d.next_retry = now + self.params.hello_retry * d.attempts
         payload = W.encode({"k": self.crypto.public, "n": d.nonce, "i": self.incarnation,
                             "c": d.ctm})
@@ -408,7 +422,7 @@ class OverlayNode:
             {"k": self.crypto.public, "n": nb, "i": self.incarnation,
              "o": W.endpoint_value(addr), "s": sig}))
         self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
-                                         now + self.params.hello_retry * 10)
+                                         now + self.params.hello_retry * 10, now)
         self._raw(reply, addr)
 
     def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
@@ -441,7 +455,7 @@ class OverlayNode:
         owned = d.owned or peer in self._adopt
         self._adopt.discard(peer)
         link = Link(peer, addr, public, incarnation, owned, now, now, now, hello_nonce=d.nonce,
-                    bootstrap=d.expected is None)
+                    bootstrap=d.expected is None, rtt=now - d.sent_at)
         # The dialler speaks second: our CONFIRM may still be in flight, so
         # we wait for the peer's neighbour list before sending anything.
         self._link_up(link, now, greet=False)
@@ -468,7 +482,7 @@ class OverlayNode:
         owned = ans.ctm or ans.address in self._adopt
         self._adopt.discard(ans.address)
         link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
-                    hello_nonce=ans.na)
+                    hello_nonce=ans.na, rtt=now - ans.sent_at)
         self._link_up(link, now)
 
     def _on_refuse(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
@@ -493,6 +507,8 @@ class OverlayNode:
             self.by_endpoint.pop(old.endpoint, None)
             self.counters.inc("overlay_links_replaced")
             link.owned = link.owned or old.owned
+            if old.endpoint != link.endpoint:
+                self._near_snapshot = frozenset()  # neighbours must hear the new endpoint
         stale = self.by_endpoint.get(link.endpoint)
         if stale is not None and stale.address != link.address:
             self._link_down(stale, "endpoint-reused", notify=False)
@@ -512,6 +528,9 @@ class OverlayNode:
             return
         if notify:
             self._send_link(link, W.CLOSE, W.encode({"r": reason}), now)
+        if link.address in self.table.near_set():
+            # We may now be responsible for keys the lost neighbour held.
+            self.near_lost_at = now
         self.table.remove(link.address)
         if self.by_endpoint.get(link.endpoint) is link:
             del self.by_endpoint[link.endpoint]
@@ -541,41 +560,67 @@ class OverlayNode:
 
     # -- ring maintenance ---------------------------------------------------
 
-    def _neighbour_entries(self) -> list[list[Any]]:
+    def _neighbours_payload(self) -> bytes:
         t = self.table
-        out = []
-        for a in t.successors() + t.predecessors():
-            link = t.links[a]
-            out.append([A.to_bytes(a), link.endpoint[0], link.endpoint[1]])
-        return out
+        t.successors()
+        cached = t.entries_cache
+        if cached is None:
+            out = []
+            for a in dict.fromkeys(t.successors() + t.predecessors()):
+                link = t.links[a]
+                out.append([A.to_bytes(a), link.endpoint[0], link.endpoint[1]])
+            cached = t.entries_cache = W.encode({"l": out})
+        return cached
 
     def _send_neighbours(self, link: Link, now: float) -> None:
         link.greeted = True
-        self._send_link(link, W.NEIGHBOURS, W.encode({"l": self._neighbour_entries()}), now)
+        self._send_link(link, W.NEIGHBOURS, self._neighbours_payload(), now)
 
     def _on_neighbours(self, m: dict[str, Any], link: Link, now: float) -> None:
         entries = m.get("l")
         if not isinstance(entries, list) or len(entries) > 32:
             raise W.WireError("bad-payload", "neighbour list")
-        offered: dict[int, Endpoint] = {}
+        offered: dict[int, Any] = {}
+        links = self.table.links
+        me = self.me
         for e in entries:
             if not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], bytes) \
                     or len(e[0]) != A.SIZE:
                 raise W.WireError("bad-payload", "neighbour entry")
             addr = A.from_bytes(e[0])
-            endpoint = W.as_endpoint(e[1:])
-            if addr != self.me and addr not in self.table.links:
-                offered[addr] = endpoint
+            if addr != me and addr not in links:
+                offered[addr] = e
         if not offered:
             return
         # Dial only the offered nodes that would be among our near
         # neighbours given everything we know now (links and this list).
-        me, n = self.me, self.table.near
-        known = list(self.table.links) + list(offered)
-        known.sort(key=lambda a: (a - me) % A.MODULUS)
-        for a in set(known[:n]) | set(known[-n:]):
-            if a in offered:
-                self.dial(offered[a], a, owned=True)
+        n = self.table.near
+        mod = A.MODULUS
+        succ = sorted(list(offered) + self.table.successors(), key=lambda a: (a - me) % mod)[:n]
+        pred = sorted(list(offered) + self.table.predecessors(),
+                      key=lambda a: (me - a) % mod)[:n]
+        for a in set(succ) | set(pred):
+            e = offered.get(a)
+            if e is not None:
+                self.dial(W.as_endpoint(e[1:]), a, owned=True)
+
+    def _maybe_correct(self, m: dict[str, Any], link: Link, now: float) -> None:
+        """
+        Anti-entropy: if we know a node that belongs among the sender's near
+        neighbours but is missing from its list, send it our list now rather
+        than at the next stabilisation round.
+        """
+        if now - link.last_sent < 0.5:
+            return
+        listed = {A.from_bytes(e[0]) for e in m["l"]}
+        peer, n, mod = link.address, self.table.near, A.MODULUS
+        mine = set(self.table.near_set())
+        mine.discard(peer)
+        everyone = listed | mine
+        succ = sorted(everyone, key=lambda a: (a - peer) % mod)[:n]
+        pred = sorted(everyone, key=lambda a: (peer - a) % mod)[:n]
+        if any(a not in listed for a in succ + pred):
+            self._send_neighbours(link, now)
 
     def _endpoints(self) -> list[list[Any]]:
         eps = []
@@ -608,10 +653,12 @@ class OverlayNode:
             return
         link = self.table.links.get(hdr.src)
         if link is not None:
-            if m.get("j"):
-                self._send_neighbours(link, now)
-            return
-        self.dial(endpoint, hdr.src, ctm=True, owned=False)
+            if W.endpoint_value(link.endpoint) in eps:
+                if m.get("j"):
+                    self._send_neighbours(link, now)
+                return
+            # Linked, but the peer speaks from elsewhere now: it restarted.
+        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
 
     def _join(self, now: float) -> None:
         for ep in self.bootstrap:
@@ -619,11 +666,21 @@ class OverlayNode:
                 self.dial(ep, None, owned=True)
 
     def _join_check(self, now: float) -> None:
+        """
+        Re-join when alone; while young, ask the ring again for our place.
+
+        A join routed while the ring around our address is still forming
+        can end at the wrong node; asking again a few times early (the node
+        closest to us answers with its neighbour list) fixes that quickly,
+        and costs nothing once the node is settled.
+        """
+        age = now - self.started_at
         if not self.table.links:
             self._join(now)
-        elif len(self.table.links) < 2 * self.table.near:
+        elif len(self.table.links) < 2 * self.table.near or age < 60:
             self._send_join(now)
-        self.call_later(self.params.join_retry * self.rng.uniform(0.8, 1.2), self._join_check)
+        delay = self.params.join_retry if age >= 30 else 3.0 + age / 2
+        self.call_later(delay * self.rng.uniform(0.8, 1.2), self._join_check)
 
     def _stabilize(self, now: float) -> None:
         for a in self.table.near_set():
@@ -752,7 +809,8 @@ class OverlayNode:
 
     def peers_info(self, now: float) -> list[dict[str, Any]]:
         out = []
-        for link in sorted(self.table.describe(), key=lambda lk: (lk.address - self.me) % A.MODULUS):
+        me = self.me
+        for link in sorted(self.table.describe(), key=lambda lk: (lk.address - me) % A.MODULUS):
             out.append({
                 "address": A.to_text(link.address),
                 "endpoint": f"{link.endpoint[0]}:{link.endpoint[1]}",

@@ -39,6 +39,9 @@ class RoutingTable:
         self._targets: list[int] = []
         self._size = 1
         self._fingers = 1
+        self._dirty_shortcuts = True
+        #: The neighbour list as sent on the wire, rebuilt after changes.
+        self.entries_cache: bytes | None = None
 
     # -- membership ---------------------------------------------------------
 
@@ -57,6 +60,7 @@ class RoutingTable:
         return link
 
     def _refresh(self) -> None:
+        """Recompute the near neighbours and the size estimate (cheap, O(near))."""
         if not self._dirty:
             return
         me = self.me
@@ -75,6 +79,16 @@ class RoutingTable:
             self._size = count + 1
         self._fingers = max(1, min(A.BITS, math.ceil(math.log2(self._size))
                                    if self._size > 1 else 1))
+        self._dirty = False
+        self._dirty_shortcuts = True
+        self.entries_cache = None
+
+    def _refresh_shortcuts(self) -> None:
+        """Recompute finger targets, shortcuts and link kinds (O(log N · log links))."""
+        self._refresh()
+        if not self._dirty_shortcuts:
+            return
+        me = self.me
         self._targets = [(me + (M >> j)) % M for j in range(1, self._fingers + 1)]
         near = set(self._succ) | set(self._pred)
         self._shortcuts = set()
@@ -84,7 +98,7 @@ class RoutingTable:
                 self._shortcuts.add(best)
         for a, link in self.links.items():
             link.kind = NEAR if a in near else SHORTCUT if a in self._shortcuts else OTHER
-        self._dirty = False
+        self._dirty_shortcuts = False
 
     # -- views ------------------------------------------------------------
 
@@ -110,11 +124,11 @@ class RoutingTable:
 
     def wanted(self) -> set[int]:
         """Links this node needs: near neighbours and the best shortcut per target."""
-        self._refresh()
+        self._refresh_shortcuts()
         return set(self._succ) | set(self._pred) | self._shortcuts
 
     def finger_targets(self) -> list[int]:
-        self._refresh()
+        self._refresh_shortcuts()
         return self._targets
 
     def estimate_size(self) -> int:
@@ -181,5 +195,5 @@ class RoutingTable:
         return None
 
     def describe(self) -> Iterable[Link]:
-        self._refresh()
+        self._refresh_shortcuts()
         return self.links.values()

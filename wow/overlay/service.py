@@ -115,7 +115,7 @@ class OverlayService(Service):
     # -- lifecycle ------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         cfg = self.config.overlay
         try:
             identity = NodeIdentity.load_or_create(self.config.node.state_dir)
@@ -171,7 +171,7 @@ class OverlayService(Service):
         self.node.dial(ep, None, owned=True)
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.node is not None:

@@ -14,6 +14,7 @@ import heapq
 import random
 import zlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from wow.metrics import Counters
@@ -108,7 +109,7 @@ class SimNetwork:
             crypto = NodeIdentity.generate() if self.real_crypto else SimulatedCrypto(self.rng)
         node = OverlayNode(
             crypto,
-            send=lambda data, dst, _ep=ep: self._transmit(_ep, data, dst),
+            send=partial(self._transmit, ep),
             clock=lambda: self.now,
             params=self.params,
             counters=self.counters,

@@ -157,7 +157,7 @@ class DhtAllocatorTests(SynchronousTestCase):
         alloc = self.make()
         lease = self.bind(alloc, lease_time=600)
         self.clock.advance(300)
-        renewed = result(alloc.commit(A, None, lease.ip, 600, "host"))
+        renewed = result(alloc.renew(A, None, lease.ip, 600, "host"))
         self.assertEqual(renewed.expires, self.clock.seconds() + 600)
         self.assertEqual(self.record(lease.ip)[2],  # type: ignore[index]
                          self.clock.seconds() + 600 + GRACE)

@@ -295,6 +295,11 @@ class DhtAllocator:
                hostname: str = "", fqdn: str = "") -> Deferred[Lease | None]:
         return self._commit(client_key(mac, client_id), mac, ip, lease_time, hostname, fqdn)
 
+    def renew(self, mac: bytes, client_id: bytes | None, ip: IPv4Address, lease_time: int,
+              hostname: str = "", fqdn: str = "") -> Deferred[Lease | None]:
+        """A renewal re-creates the claim with the new lease's TTL (same owner)."""
+        return self.commit(mac, client_id, ip, lease_time, hostname, fqdn)
+
     @inlineCallbacks
     def _commit(self, key: str, mac: bytes, ip: IPv4Address, lease_time: int, hostname: str,
                 fqdn: str) -> Generator[Deferred[Any], Any, Lease | None]:

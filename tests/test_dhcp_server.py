@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from wow.dhcp.allocator import LocalAllocator

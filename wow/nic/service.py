@@ -112,7 +112,7 @@ class NicService(Service):
         if self.allocator is None:
             self.allocator = self._local_allocator()
         settings = self._settings()
-        self.server = DhcpServer(settings, self.allocator, self.reactor, self.counters)
+        self.server = self._dhcp_front(settings)
         self.server.lease_observers = self.lease_observers
         maybeDeferred(self.allocator.leases).addCallback(self.server.restore).addErrback(
             lambda f: self.log.failure("restoring leases failed", f))
@@ -130,6 +130,11 @@ class NicService(Service):
             gw=settings.server_ip, rmac=self.router_mac.hex(":"),
             hmac=(self.host_mac or b"").hex(":"),
         )
+
+    def _dhcp_front(self, settings: ServerSettings) -> DhcpServer:
+        """What answers DHCP on the TAP (the relay mode puts its agent here)."""
+        assert self.allocator is not None
+        return DhcpServer(settings, self.allocator, self.reactor, self.counters)
 
     def _frame_received(self, frame: bytes) -> None:
         assert self.dispatcher is not None

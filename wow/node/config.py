@@ -209,6 +209,8 @@ class OverlaySection:
     dht_max_value: int = 1024
     #: DHT: longest TTL in seconds.
     dht_max_ttl: int = 604800
+    #: Seconds without IP traffic after which an on-demand direct link closes.
+    ondemand_idle: float = 120.0
 
     def validate(self) -> None:
         if not 0 <= self.listen <= 65535:

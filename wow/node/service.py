@@ -69,6 +69,14 @@ class NodeService(MultiService):
             self.nic.setServiceParent(self)
             if self.dns is not None:
                 self.nic.lease_observers.append(DnsLeaseObserver(self.dns))
+            # IP over the overlay: packets for other virtual IPs.
+            from wow.router.service import RouterService
+
+            self.router = RouterService(config.network.network, self.overlay,
+                                        OverlayDhtClient(lambda: self.overlay.dht), self.nic,
+                                        reactor, self.counters)
+            self.router.setServiceParent(self)
+            self.sink.route = self.router.route
             self.control.register("leases", self.nic.leases)
             self.status.contribute("nic", self.nic.status)
             if config.ca.url:

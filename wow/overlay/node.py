@@ -29,6 +29,7 @@ from wow.overlay import address as A
 from wow.overlay import wire as W
 from wow.overlay.identity import ICrypto, address_of
 from wow.overlay.link import (
+    OTHER,
     Answering,
     Dialing,
     Endpoint,
@@ -76,6 +77,8 @@ class OverlayParams:
     dht_max_ttl: int = 7 * 24 * 3600
     dht_sync_grace: float = 5.0
     dht_republish: float = 120.0
+    #: An on-demand link (asked for by the IP router) idle this long is closed.
+    ondemand_idle: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,8 @@ class OverlayNode:
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
+        #: Peers the IP router exchanges traffic with → when it last did.
+        self.ondemand: dict[int, float] = {}
         self.observers: list[Callable[[str, Link], None]] = []
         self.reflexive: Endpoint | None = None
         self.local_endpoint: Endpoint | None = None
@@ -711,7 +716,7 @@ class OverlayNode:
         for a, ans in list(self.answering.items()):
             if now >= ans.expires:
                 del self.answering[a]
-        wanted = self.table.wanted()
+        wanted = self.table.wanted() | self._ondemand_wanted(now)
         for link in list(self.table.links.values()):
             silent = now - link.last_recv
             if silent > p.dead_after:
@@ -814,9 +819,44 @@ class OverlayNode:
             out.append({
                 "address": A.to_text(link.address),
                 "endpoint": f"{link.endpoint[0]}:{link.endpoint[1]}",
-                "kind": link.kind,
+                "kind": "on-demand" if link.kind == OTHER and link.address in self.ondemand
+                else link.kind,
                 "rtt_ms": round(link.rtt * 1000, 2) if link.rtt is not None else None,
                 "age_s": round(now - link.created, 1),
                 "owned": link.owned,
             })
         return out
+
+    # -- links on demand (the IP router's traffic) ----------------------------
+
+    def has_link(self, address: int) -> bool:
+        return address in self.table.links
+
+    def request_link(self, address: int) -> None:
+        """
+        Ask C{address} for a direct link: a "connect to me" routed exactly to
+        it, carrying our endpoints; it dials back, and we keep the link while
+        traffic flows (L{touch}).
+        """
+        if address == self.me:
+            return
+        self.ondemand[address] = self.clock()
+        if address in self.table.links:
+            return
+        eps = self._endpoints()
+        if not eps:
+            return
+        self.counters.inc("overlay_ondemand_requests")
+        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False}), W.EXACT)
+
+    def touch(self, address: int) -> None:
+        """Traffic to or from C{address}: keep its on-demand link."""
+        if address in self.ondemand:
+            self.ondemand[address] = self.clock()
+
+    def _ondemand_wanted(self, now: float) -> set[int]:
+        idle = self.params.ondemand_idle
+        for address, used in list(self.ondemand.items()):
+            if now - used > idle:
+                del self.ondemand[address]
+        return set(self.ondemand)

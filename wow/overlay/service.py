@@ -50,6 +50,7 @@ def params_from_config(overlay: Any) -> OverlayParams:
         replicas=overlay.replicas,
         dht_max_value=overlay.dht_max_value,
         dht_max_ttl=overlay.dht_max_ttl,
+        ondemand_idle=overlay.ondemand_idle,
     )
 
 
@@ -96,6 +97,18 @@ class OverlayService(Service):
         if self.node is None:
             return False
         return self.node.send_to(address, kind, payload, mode)
+
+    def has_link(self, address: int) -> bool:
+        return self.node is not None and self.node.has_link(address)
+
+    def request_link(self, address: int) -> None:
+        """Ask for a direct link to C{address} (the IP router's traffic flows to it)."""
+        if self.node is not None:
+            self.node.request_link(address)
+
+    def touch(self, address: int) -> None:
+        if self.node is not None:
+            self.node.touch(address)
 
     def register_handler(self, kind: int, handler: Callable[[Delivery], None]) -> None:
         self._handlers[kind] = handler

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from wow.security.verify import overlay_uri
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 #: Overlay addresses (20 bytes) and virtual IPs of the test nodes.
 ADDR_A = bytes.fromhex("11" * 20)
@@ -54,9 +54,15 @@ def _ca(name: str) -> Identity:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -78,7 +84,11 @@ def node_cert(
 ) -> Identity:
     """A node certificate signed by C{ca}."""
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
+    key = (
+        rsa.generate_private_key(65537, 2048)
+        if rsa_key
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     now = _now()
     names: list[x509.GeneralName] = []
     if ip is not None:
@@ -95,7 +105,9 @@ def node_cert(
         .not_valid_after(not_after or now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
     )
@@ -126,7 +138,10 @@ def make_crl(
     )
     for serial in serials:
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(this_update).build()
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(this_update)
+            .build()
         )
     crl = builder.sign((signer or ca).key, hashes.SHA256())  # type: ignore[arg-type]
     return crl.public_bytes(serialization.Encoding.DER)
@@ -164,7 +179,9 @@ def pki() -> TestPki:
         c=node_cert(ca, IP_C, ADDR_C),
         a_rsa=node_cert(ca, IP_A, ADDR_A, rsa_key=True),
         expired=node_cert(
-            ca, IP_A, ADDR_A,
+            ca,
+            IP_A,
+            ADDR_A,
             not_before=now - datetime.timedelta(days=10),
             not_after=now - datetime.timedelta(days=1),
         ),

@@ -49,8 +49,12 @@ class Pair:
         self.clock.advance(1000)
         self.cctx = client_ctx or context(client_id or p.a)
         self.sctx = server_ctx or context(server_id or p.b)
-        self.client = DtlsSession(Role.CLIENT, self.cctx, server_addr, expected_server_ip, self.clock)
-        self.server = DtlsSession(Role.SERVER, self.sctx, client_addr, expected_client_ip, self.clock)
+        self.client = DtlsSession(
+            Role.CLIENT, self.cctx, server_addr, expected_server_ip, self.clock
+        )
+        self.server = DtlsSession(
+            Role.SERVER, self.sctx, client_addr, expected_client_ip, self.clock
+        )
         self.received: dict[str, list[bytes]] = {"client": [], "server": []}
         self.wire: list[tuple[str, bytes]] = []  # (sender, datagram) everything sent
         self.sent_count = {"client": 0, "server": 0}
@@ -144,18 +148,26 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_wrong_ip(self) -> None:
         """The server's certificate names another IP than the one we route to."""
-        self.assertRefused(Pair(server_id=pki().wrong_ip, server_addr=ADDR_A), "client", "ip-mismatch")
+        self.assertRefused(
+            Pair(server_id=pki().wrong_ip, server_addr=ADDR_A), "client", "ip-mismatch"
+        )
 
     def test_copied_certificate(self) -> None:
         """C reuses B's certificate and key at its own IP: refused."""
-        self.assertRefused(Pair(server_id=pki().b, expected_server_ip=IP_C), "client", "ip-mismatch")
+        self.assertRefused(
+            Pair(server_id=pki().b, expected_server_ip=IP_C), "client", "ip-mismatch"
+        )
 
     def test_server_checks_client_ip_when_known(self) -> None:
-        self.assertRefused(Pair(pki().c, expected_client_ip=IP_A, client_addr=ADDR_C), "server", "ip-mismatch")
+        self.assertRefused(
+            Pair(pki().c, expected_client_ip=IP_A, client_addr=ADDR_C), "server", "ip-mismatch"
+        )
 
     def test_overlay_address_mismatch(self) -> None:
         """B's certificate used by a node at another overlay address."""
-        self.assertRefused(Pair(server_id=pki().b, server_addr=ADDR_C), "client", "overlay-mismatch")
+        self.assertRefused(
+            Pair(server_id=pki().b, server_addr=ADDR_C), "client", "overlay-mismatch"
+        )
 
     def test_overlay_uri_required(self) -> None:
         sctx = context(pki().b, require_overlay_uri=True)
@@ -223,7 +235,7 @@ class DataTests(SynchronousTestCase):
     def test_too_old(self) -> None:
         pair = self.pair
         (first,) = pair.client.send(b"first")
-        for i in range(100):
+        for _ in range(100):
             pair.deliver("client", pair.client.send(b"n"))
         self.assertEqual(pair.server.receive(first), ([], []))
         self.assertEqual(pair.sctx.counters.get("security_records_dropped", reason="too-old"), 1)
@@ -242,7 +254,9 @@ class DataTests(SynchronousTestCase):
         (record,) = self.pair.client.send(b"x" * 100)
         bad = record[:-1] + bytes([record[-1] ^ 1])
         self.assertEqual(self.pair.server.receive(bad), ([], []))
-        self.assertEqual(self.pair.sctx.counters.get("security_records_dropped", reason="undecryptable"), 1)
+        self.assertEqual(
+            self.pair.sctx.counters.get("security_records_dropped", reason="undecryptable"), 1
+        )
         self.assertEqual(self.pair.server.receive(record)[0], [b"x" * 100])
 
     def test_garbage(self) -> None:
@@ -252,7 +266,9 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(pair.sctx.counters.get("security_records_dropped", reason="malformed"), 5)
         unprotected = bytes([rec.APPLICATION_DATA]) + b"\xfe\xfd" + b"\x00" * 8 + b"\x00\x03abc"
         self.assertEqual(pair.server.receive(unprotected), ([], []))
-        self.assertEqual(pair.sctx.counters.get("security_records_dropped", reason="unprotected-record"), 1)
+        self.assertEqual(
+            pair.sctx.counters.get("security_records_dropped", reason="unprotected-record"), 1
+        )
         self.assertIs(pair.server.state, State.ESTABLISHED)
         pair.deliver("client", pair.client.send(b"ok"))
         self.assertEqual(pair.received["server"], [b"ok"])
@@ -261,7 +277,9 @@ class DataTests(SynchronousTestCase):
         pair = self.pair
         pair.deliver("client", pair.client.close("done"))
         self.assertEqual((pair.client.state, pair.client.close_reason), (State.CLOSED, "done"))
-        self.assertEqual((pair.server.state, pair.server.close_reason), (State.CLOSED, "peer-closed"))
+        self.assertEqual(
+            (pair.server.state, pair.server.close_reason), (State.CLOSED, "peer-closed")
+        )
         self.assertEqual(pair.client.close("again"), [])
 
     @settings(max_examples=150)
@@ -332,7 +350,8 @@ class RetransmissionTests(SynchronousTestCase):
         self.assertEqual(pair.client.stats.retransmits, 1)
 
     def test_server_flight_lost(self) -> None:
-        # client: 1 hello, 2 hello+cookie, 3 certificate..finished; server: 1 HVR, 2 flight, 3 finished
+        # client: 1 hello, 2 hello+cookie, 3 certificate..finished;
+        # server: 1 HelloVerifyRequest, 2 hello..done, 3 finished
         pair = Pair()
         pair.handshake(self.drop_once("server", 2))
         self.assertIs(pair.server.state, State.HANDSHAKING)
@@ -380,7 +399,9 @@ class RetransmissionTests(SynchronousTestCase):
         # Retransmissions at +1, +3, +7, +15 (doubling), then the 30 s deadline.
         self.assertEqual([i + 1 for i, n in enumerate(sent) if n], [1, 3, 7, 15])
         self.assertEqual(pair.client.close_reason, "handshake-timeout")
-        self.assertEqual(pair.cctx.counters.get("security_handshakes_failed", reason="handshake-timeout"), 1)
+        self.assertEqual(
+            pair.cctx.counters.get("security_handshakes_failed", reason="handshake-timeout"), 1
+        )
         self.assertIsNone(pair.client.next_timeout())
 
 
@@ -388,7 +409,13 @@ class CounterTests(SynchronousTestCase):
     def test_shared_counters(self) -> None:
         counters = Counters()
         p = pki()
-        pair = Pair(client_ctx=context(p.a, counters=counters), server_ctx=context(p.b, counters=counters))
+        pair = Pair(
+            client_ctx=context(p.a, counters=counters), server_ctx=context(p.b, counters=counters)
+        )
         pair.handshake()
-        self.assertEqual(counters.get("security_handshakes", outcome="established", role="client"), 1)
-        self.assertEqual(counters.get("security_handshakes", outcome="established", role="server"), 1)
+        self.assertEqual(
+            counters.get("security_handshakes", outcome="established", role="client"), 1
+        )
+        self.assertEqual(
+            counters.get("security_handshakes", outcome="established", role="server"), 1
+        )

@@ -41,7 +41,13 @@ class RecordTests(SynchronousTestCase):
 
     def test_refused_as_a_whole(self) -> None:
         one = record(rec.APPLICATION_DATA, 1, 7, b"abc")
-        for bad in (b"", one[:-1], one + b"\x17", b"\x99" + one[1:], one[:1] + b"\x03\x03" + one[3:]):
+        for bad in (
+            b"",
+            one[:-1],
+            one + b"\x17",
+            b"\x99" + one[1:],
+            one[:1] + b"\x03\x03" + one[3:],
+        ):
             with self.assertRaises(rec.MalformedRecord):
                 rec.split_records(bad)
 
@@ -59,14 +65,20 @@ class RecordTests(SynchronousTestCase):
     def test_hello_verify_request_round_trip(self) -> None:
         """The rewritten hello carries the cookie; our HVR parses as a record."""
         raw = real_client_hello()
-        rewritten = rec.rewrite_client_hello(raw, message_seq=1, cookie=b"C" * 17, record_sequence=1)
+        rewritten = rec.rewrite_client_hello(
+            raw, message_seq=1, cookie=b"C" * 17, record_sequence=1
+        )
         hello = rec.parse_client_hello(rewritten)
-        self.assertEqual((hello.record_sequence, hello.message_seq, hello.cookie), (1, 1, b"C" * 17))
+        self.assertEqual(
+            (hello.record_sequence, hello.message_seq, hello.cookie), (1, 1, b"C" * 17)
+        )
         back = rec.rewrite_client_hello(rewritten, message_seq=0, cookie=b"", record_sequence=0)
         self.assertEqual(back, raw)
         hvr = rec.hello_verify_request(5, b"x" * 17)
         ((header, body),) = rec.split_records(hvr)
-        self.assertEqual((header.content_type, header.version, header.sequence), (rec.HANDSHAKE, rec.DTLS1_0, 5))
+        self.assertEqual(
+            (header.content_type, header.version, header.sequence), (rec.HANDSHAKE, rec.DTLS1_0, 5)
+        )
         self.assertEqual(body[rec.HEADER_LEN], rec.HELLO_VERIFY_REQUEST)
 
     def test_not_a_client_hello(self) -> None:
@@ -96,7 +108,9 @@ class RecordTests(SynchronousTestCase):
     @given(st.integers(0, 200), st.integers(0, 40), st.binary(min_size=1, max_size=255))
     def test_fuzz_truncated_real_hello(self, cut: int, flip: int, cookie: bytes) -> None:
         raw = real_client_hello()
-        body = bytearray(rec.rewrite_client_hello(raw, message_seq=1, cookie=cookie, record_sequence=1))
+        body = bytearray(
+            rec.rewrite_client_hello(raw, message_seq=1, cookie=cookie, record_sequence=1)
+        )
         body[rec.HEADER_LEN + 12 + flip] ^= 0xFF
         for data in (bytes(body), bytes(body[: len(body) - cut])):
             try:

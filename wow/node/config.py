@@ -247,9 +247,8 @@ class SecuritySection:
     rekey_packets: int = 2**32
     #: A handshake that has not finished by then is given up.
     handshake_timeout: int = 30
-    #: Half-open (not yet established) handshakes accepted overall / per peer.
+    #: Half-open (not yet established) handshakes held at once (one per peer).
     max_half_open: int = 64
-    max_half_open_per_peer: int = 2
 
     def validate(self) -> None:
         for i, value in enumerate(self.secure_subnets):
@@ -265,7 +264,6 @@ class SecuritySection:
             ("rekey_packets", 1024, 2**48),
             ("handshake_timeout", 5, 600),
             ("max_half_open", 1, 65536),
-            ("max_half_open_per_peer", 1, 64),
         ):
             value = getattr(self, key)
             if not low <= value <= high:

@@ -341,8 +341,9 @@ class SecureChannel:
         for key, until in list(self.draining.items()):
             if now >= until:
                 self._discard(key, "drained")
-        session = self.current_session
-        if session is not None:
+        current = self.current_session
+        if current is not None:
+            session = current
             p = self.params
             assert session.established_at is not None
             if (
@@ -353,7 +354,9 @@ class SecureChannel:
                 out.extend(self._close_key(self.current, "rekey-overdue"))  # type: ignore[arg-type]
             else:
                 out.extend(self._maybe_rekey(session, now))
-        elif self.pending is None and self.queue and (self.retry_at is None or now >= self.retry_at):
+        elif (
+            self.pending is None and self.queue and (self.retry_at is None or now >= self.retry_at)
+        ):
             out.extend(self._start_client(now))
         return out
 

@@ -66,7 +66,9 @@ def verify_crl(data: bytes, ca_cert: x509.Certificate, now: float) -> VerifiedCr
         next_dt = crl.next_update_utc
         revoked = frozenset(r.serial_number for r in crl)
         try:
-            number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            number: int | None = crl.extensions.get_extension_for_class(
+                x509.CRLNumber
+            ).value.crl_number
         except x509.ExtensionNotFound:
             number = None
     except (ValueError, TypeError) as e:
@@ -172,7 +174,9 @@ class CrlState:
 class CrlSchedule:
     """When to fetch the CRL next (sans-I/O: the caller owns the timer)."""
 
-    def __init__(self, refresh: float, retry_initial: float = 30.0, retry_max: float = 600.0) -> None:
+    def __init__(
+        self, refresh: float, retry_initial: float = 30.0, retry_max: float = 600.0
+    ) -> None:
         self.refresh = refresh
         self.retry_initial = retry_initial
         self.retry_max = retry_max

@@ -23,7 +23,7 @@ it:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Container
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -91,8 +91,8 @@ class NotEstablished(RuntimeError):
 class RevokedSerials:
     """The set of revoked certificate serials all sessions of a node consult."""
 
-    def __init__(self, serials: Container[int] = frozenset()) -> None:
-        self._serials: frozenset[int] = frozenset(serials)  # type: ignore[arg-type]
+    def __init__(self, serials: Iterable[int] = ()) -> None:
+        self._serials: frozenset[int] = frozenset(serials)
 
     def replace(self, serials: frozenset[int]) -> None:
         self._serials = serials
@@ -152,17 +152,21 @@ class DtlsContext:
         ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(self.ca_cert))  # type: ignore[union-attr]
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
         ctx.set_verify_depth(2)
-        options = SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_QUERY_MTU
-        options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+        options: int = SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_QUERY_MTU
+        options |= int(getattr(SSL, "OP_NO_RENEGOTIATION", 0))
         if server:
-            options |= SSL.OP_COOKIE_EXCHANGE
+            cookie_exchange = SSL.OP_COOKIE_EXCHANGE
+            assert cookie_exchange is not None  # OpenSSL 1.1+ always has it
+            options |= cookie_exchange
             ctx.set_cookie_generate_callback(_cookie_generate)
             ctx.set_cookie_verify_callback(_cookie_verify)
         ctx.set_options(options)
         return ctx
 
 
-def _verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+def _verify_callback(
+    conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
     session = conn.get_app_data()
     if not isinstance(session, DtlsSession):
         return False
@@ -534,7 +538,11 @@ class DtlsSession:
                 return
             except SSL.Error as e:
                 self.counters.inc("security_sessions_failed", reason="peer-alert")
-                self.log.info("session to {peer} failed: {error}", peer=self.peer_overlay_address.hex(), error=str(e))
+                self.log.info(
+                    "session to {peer} failed: {error}",
+                    peer=self.peer_overlay_address.hex(),
+                    error=str(e),
+                )
                 self._closed(f"peer-alert: {e}")
                 return
             if header is not None:
@@ -562,7 +570,12 @@ class DtlsSession:
             if refusal is not None:
                 self._fail(refusal.reason, refusal.detail, now, local=True)
             else:
-                self._fail("peer-refused" if "alert" in str(e) else "handshake-error", str(e), now, local=False)
+                self._fail(
+                    "peer-refused" if "alert" in str(e) else "handshake-error",
+                    str(e),
+                    now,
+                    local=False,
+                )
             return out
         out = self._read_output()
         self._established(now, out)

@@ -5,7 +5,7 @@ The IP router hands L{SessionManager} the plaintext it routes to a peer and
 the secured datagrams the link delivers from a peer; it gets back datagrams
 to send and plaintexts to deliver.  The manager bounds what strangers can
 make it hold: an unknown overlay address earns no state until it echoes a
-cookie, half-open handshakes are bounded per peer and overall, and the
+cookie, half-open handshakes are bounded (one per peer, C{max_half_open} overall), and the
 number of channels is bounded.
 """
 
@@ -27,7 +27,6 @@ from wow.security.channel import (
 from wow.security.dtls import DtlsContext
 
 MAX_HALF_OPEN = 64
-MAX_HALF_OPEN_PER_PEER = 2
 MAX_CHANNELS = 4096
 
 #: (peer overlay address, datagram) pairs for the link.
@@ -47,7 +46,6 @@ class SessionManager:
         params: ChannelParams | None = None,
         *,
         max_half_open: int = MAX_HALF_OPEN,
-        max_half_open_per_peer: int = MAX_HALF_OPEN_PER_PEER,
         max_channels: int = MAX_CHANNELS,
     ) -> None:
         self.local = local
@@ -55,7 +53,6 @@ class SessionManager:
         self.clock = clock
         self.params = params or ChannelParams()
         self.max_half_open = max_half_open
-        self.max_half_open_per_peer = max_half_open_per_peer
         self.max_channels = max_channels
         self.channels: dict[bytes, SecureChannel] = {}
 
@@ -64,8 +61,7 @@ class SessionManager:
         return self.context.counters
 
     def _admit(self, channel: SecureChannel) -> str | None:
-        if channel.half_open() >= self.max_half_open_per_peer:
-            return "half-open-per-peer"
+        # Per peer there is at most one: a newer hello supersedes the older.
         total = sum(c.half_open() for c in self.channels.values())
         if total >= self.max_half_open:
             return "half-open-total"
@@ -91,7 +87,9 @@ class SessionManager:
     def channel(self, peer: bytes) -> SecureChannel | None:
         return self.channels.get(peer)
 
-    def send(self, peer: bytes, plaintext: bytes, now: float, expected_ip: str | None = None) -> list[bytes]:
+    def send(
+        self, peer: bytes, plaintext: bytes, now: float, expected_ip: str | None = None
+    ) -> list[bytes]:
         """
         Secure one plaintext (≤ 16 KB) for C{peer}; starts the handshake and
         queues it when there is no session yet.

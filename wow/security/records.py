@@ -197,7 +197,9 @@ def hello_verify_request(record_sequence: int, cookie: bytes) -> bytes:
     return _handshake_record(DTLS1_0, record_sequence, HELLO_VERIFY_REQUEST, 0, body)
 
 
-def rewrite_client_hello(record: bytes, *, message_seq: int, cookie: bytes, record_sequence: int) -> bytes:
+def rewrite_client_hello(
+    record: bytes, *, message_seq: int, cookie: bytes, record_sequence: int
+) -> bytes:
     """
     A copy of a ClientHello record with another message_seq, cookie and
     record sequence number.

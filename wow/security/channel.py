@@ -139,6 +139,9 @@ class SecureChannel:
         self._retry_delay = self.params.retry_initial
         self._next_gen = random.randrange(GENERATIONS)
         self.closed_reason: str | None = None
+        # Cheap per-send test: the smallest limit at which either end rekeys.
+        self._rekey_bytes_at = self.params.rekey_bytes
+        self._rekey_packets_at = self.params.rekey_packets
 
     # -- state for policy, CLI and the router ------------------------------
 
@@ -198,11 +201,16 @@ class SecureChannel:
             if self.pending is None:
                 out.extend(self._start_client(now))
             return out
-        assert self.current is not None
-        header = self.current[1] | (FROM_CLIENT if self.current[0] else 0)
+        key = self.current
+        assert key is not None
+        header = key[1] | (FROM_CLIENT if key[0] else 0)
         for record in session.send(plaintext):
             out.append(frame(header, record))
-        out.extend(self._maybe_rekey(session, now))
+        stats = session.stats
+        if stats.bytes_out + stats.bytes_in >= self._rekey_bytes_at or (
+            stats.packets_out + stats.packets_in >= self._rekey_packets_at
+        ):
+            out.extend(self._maybe_rekey(session, now))
         return out
 
     def receive(self, datagram: bytes, now: float) -> tuple[list[bytes], list[bytes]]:
@@ -228,6 +236,8 @@ class SecureChannel:
             return plaintexts, to_send
         was = session.state
         pts, out = session.receive(body, now)
+        if was is State.ESTABLISHED and not out and session.state is was:
+            return pts, to_send  # the common case: data on a live session
         reply = key[1] | (FROM_CLIENT if key[0] else 0)
         to_send.extend(frame(reply, d) for d in out)
         plaintexts.extend(pts)

@@ -295,10 +295,25 @@ class DtlsSession:
         @return: the plaintexts it carried and the datagrams to send back.
             Never raises: malformed input is counted and dropped.
         """
-        now = self.clock.seconds() if now is None else now
         plaintexts: list[bytes] = []
         to_send: list[bytes] = []
-        if self.state is State.CLOSED:
+        state = self.state
+        n = len(datagram)
+        if (
+            state is State.ESTABLISHED
+            and n > rec.HEADER_LEN
+            and datagram[0] == rec.APPLICATION_DATA
+            and (datagram[11] << 8 | datagram[12]) == n - rec.HEADER_LEN
+            and datagram[1] == 0xFE
+            and datagram[2] == 0xFD
+        ):
+            # The fast path: one application-data record, the common case.
+            epoch = datagram[3] << 8 | datagram[4]
+            if epoch:
+                self._open(epoch, int.from_bytes(datagram[5:11], "big"), datagram, plaintexts)
+                return plaintexts, to_send
+        now = self.clock.seconds() if now is None else now
+        if state is State.CLOSED:
             self._drop("closed")
             return plaintexts, to_send
         try:
@@ -484,7 +499,7 @@ class DtlsSession:
         conn.bio_write(record)
         to_send.extend(self._drive(now))
         if self.state is State.ESTABLISHED:
-            self._drain_plaintext(plaintexts, None)
+            self._drain_plaintext(plaintexts)
 
     def _receive_established(
         self,
@@ -500,14 +515,12 @@ class DtlsSession:
                 self._drop("unprotected-record")
                 return
             if ctype == rec.APPLICATION_DATA:
-                verdict = self._replay.verdict(header.epoch, header.sequence)
-                if verdict is not None:
-                    self._drop(verdict)
-                    return
+                self._open(header.epoch, header.sequence, record, plaintexts)
+                return
             conn = self._conn
             assert conn is not None
             conn.bio_write(record)
-            self._drain_plaintext(plaintexts, header)
+            self._drain_plaintext(plaintexts)
             return
         # A handshake or ChangeCipherSpec record after the handshake: the
         # client lost our final flight and repeats its own.
@@ -524,30 +537,52 @@ class DtlsSession:
             return
         self._drop("handshake-after-established")
 
-    def _drain_plaintext(self, plaintexts: list[bytes], header: rec.RecordHeader | None) -> None:
+    def _open(self, epoch: int, seq: int, record: bytes, plaintexts: list[bytes]) -> None:
+        """Decrypt one application-data record: at most one plaintext."""
+        replay = self._replay
+        if epoch == replay.epoch and seq <= replay.top:
+            verdict = replay.verdict(epoch, seq)
+            if verdict is not None:
+                self._drop(verdict)
+                return
+        conn = self._conn
+        assert conn is not None
+        conn.bio_write(record)
+        try:
+            data = conn.recv(MAX_PLAINTEXT)
+        except SSL.WantReadError:
+            self._drop("undecryptable")
+            return
+        except SSL.Error as e:
+            self._receive_error(e)
+            return
+        replay.mark(epoch, seq)
+        stats = self.stats
+        stats.bytes_in += len(data)
+        stats.packets_in += 1
+        plaintexts.append(data)
+
+    def _receive_error(self, e: SSL.Error) -> None:
+        if isinstance(e, SSL.ZeroReturnError):
+            self._closed("peer-closed")
+            return
+        self.counters.inc("security_sessions_failed", reason="peer-alert")
+        self.log.info(
+            "session to {peer} failed: {error}", peer=self.peer_overlay_address.hex(), error=str(e)
+        )
+        self._closed(f"peer-alert: {e}")
+
+    def _drain_plaintext(self, plaintexts: list[bytes]) -> None:
+        """Collect what OpenSSL holds (records buffered during the handshake, alerts)."""
         conn = self._conn
         while conn is not None:
             try:
                 data = conn.recv(MAX_PLAINTEXT)
             except SSL.WantReadError:
-                if header is not None and header.content_type == rec.APPLICATION_DATA:
-                    self._drop("undecryptable")
-                return
-            except SSL.ZeroReturnError:
-                self._closed("peer-closed")
                 return
             except SSL.Error as e:
-                self.counters.inc("security_sessions_failed", reason="peer-alert")
-                self.log.info(
-                    "session to {peer} failed: {error}",
-                    peer=self.peer_overlay_address.hex(),
-                    error=str(e),
-                )
-                self._closed(f"peer-alert: {e}")
+                self._receive_error(e)
                 return
-            if header is not None:
-                self._replay.mark(header.epoch, header.sequence)
-                header = None
             stats = self.stats
             stats.bytes_in += len(data)
             stats.packets_in += 1

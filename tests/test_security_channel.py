@@ -84,6 +84,14 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(net.inbox[ADDR_B], [b"q0", b"q1", b"q2"])
         self.assertEqual(a.channels[ADDR_B].state, "established")
 
+    def test_super_frame_is_one_datagram(self) -> None:
+        net, a, b = two()
+        net.send(ADDR_A, ADDR_B, b"first", IP_B)
+        frame = bytes(range(256)) * 235
+        (datagram,) = a.send(ADDR_B, frame, net.clock.seconds())
+        self.assertEqual(len(datagram), 1 + len(frame) + 4 * (13 + 8 + 16))
+        self.assertEqual(b.receive(ADDR_A, datagram, net.clock.seconds()), ([frame], []))
+
     def test_peer_info(self) -> None:
         net, a, b = two()
         net.send(ADDR_A, ADDR_B, b"x", IP_B)

@@ -202,6 +202,24 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(header.content_type, rec.APPLICATION_DATA)
         self.assertEqual(len(record), MAX_PLAINTEXT + 13 + 8 + 16)
 
+    def test_seal_super_frame(self) -> None:
+        """A 60 KB message is four records in one buffer, taken whole or not at all."""
+        pair = self.pair
+        message = bytes(range(256)) * 234 + b"tail"
+        sealed = pair.client.seal(message)
+        parts = rec.split_records(sealed)
+        self.assertEqual([h.length - 24 for h, _ in parts], [16384, 16384, 16384, 10756])
+        self.assertEqual(b"".join(pair.server.receive(sealed)[0]), message)
+        self.assertEqual(pair.client.stats.packets_out, 4)
+        sealed = pair.client.seal(message)
+        i = len(parts[0][1]) + 40  # inside the second record
+        tampered = sealed[:i] + bytes([sealed[i] ^ 1]) + sealed[i + 1 :]
+        self.assertEqual(pair.server.receive(tampered), ([], []))
+        self.assertEqual(
+            pair.sctx.counters.get("security_records_dropped", reason="incomplete-message"), 1
+        )
+        self.assertRaises(ValueError, pair.client.seal, b"")
+
     def test_size_limits(self) -> None:
         self.assertRaises(ValueError, self.pair.client.send, b"")
         self.assertRaises(ValueError, self.pair.client.send, b"x" * (MAX_PLAINTEXT + 1))

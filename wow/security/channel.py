@@ -47,8 +47,9 @@ class ChannelParams:
     rekey_packets: int = 2**32
     #: The old session still receives this long after the switch.
     grace: float = 10.0
-    #: Plaintexts queued while the first handshake runs.
+    #: Messages (and their bytes) queued while the first handshake runs.
     queue_packets: int = 64
+    queue_bytes: int = 1 << 20
     #: After a failed handshake, wait this long (doubling) before the next.
     retry_initial: float = 2.0
     retry_max: float = 120.0
@@ -67,7 +68,7 @@ class HelloVerdict:
 
 
 def check_new_hello(
-    context: DtlsContext, peer: bytes, body: bytes, now: float
+    context: DtlsContext, peer: bytes, body: rec.Buffer, now: float
 ) -> tuple[str, bytes | str | None]:
     """
     The stateless gate in front of every new server session.
@@ -89,7 +90,7 @@ def check_new_hello(
     return HelloVerdict.ACCEPT, None
 
 
-def is_client_hello(body: bytes) -> bool:
+def is_client_hello(body: rec.Buffer) -> bool:
     """Whether a datagram body starts with an epoch-0 ClientHello record."""
     return (
         len(body) > rec.HEADER_LEN
@@ -133,6 +134,7 @@ class SecureChannel:
         self.pending: SessionKey | None = None
         self.draining: dict[SessionKey, float] = {}
         self.queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self.peer_ip: str | None = expected_ip
         self.failure: str | None = None
         self.retry_at: float | None = None
@@ -183,10 +185,14 @@ class SecureChannel:
 
     # -- data ---------------------------------------------------------------
 
-    def send(self, plaintext: bytes, now: float) -> list[bytes]:
+    def send(self, message: bytes, now: float) -> list[bytes]:
         """
-        Encrypt one plaintext for the peer (at most 16 KB), or queue it while
-        the first handshake runs; the datagrams to send.
+        Secure one message for the peer, or queue it while the first
+        handshake runs; the datagrams to send.
+
+        A message of any length becomes one datagram: the framing byte and
+        records of at most 16 KB each (a ~60 KB offloaded super-frame is four
+        records), which the peer's L{receive} returns as one plaintext.
         """
         out: list[bytes] = []
         session = self.current_session
@@ -194,18 +200,20 @@ class SecureChannel:
             if self.retry_at is not None and now < self.retry_at:
                 self.context.counters.inc("security_packets_dropped", reason="handshake-failed")
                 return out
-            if len(self.queue) >= self.params.queue_packets:
+            if (
+                len(self.queue) >= self.params.queue_packets
+                or self._queued_bytes + len(message) > self.params.queue_bytes
+            ):
                 self.context.counters.inc("security_packets_dropped", reason="queue-full")
-            else:
-                self.queue.append(plaintext)
+            elif message:
+                self.queue.append(message)
+                self._queued_bytes += len(message)
             if self.pending is None:
                 out.extend(self._start_client(now))
             return out
         key = self.current
         assert key is not None
-        header = key[1] | (FROM_CLIENT if key[0] else 0)
-        for record in session.send(plaintext):
-            out.append(frame(header, record))
+        out.append(frame(key[1] | (FROM_CLIENT if key[0] else 0), session.seal(message)))
         stats = session.stats
         if stats.bytes_out + stats.bytes_in >= self._rekey_bytes_at or (
             stats.packets_out + stats.packets_in >= self._rekey_packets_at
@@ -213,17 +221,21 @@ class SecureChannel:
             out.extend(self._maybe_rekey(session, now))
         return out
 
-    def receive(self, datagram: bytes, now: float) -> tuple[list[bytes], list[bytes]]:
+    def receive(self, datagram: rec.Buffer, now: float) -> tuple[list[bytes], list[bytes]]:
         """Feed one framed datagram from the peer; never raises."""
-        plaintexts: list[bytes] = []
-        to_send: list[bytes] = []
         if len(datagram) < 2:
             self.context.counters.inc("security_records_dropped", reason="malformed")
-            return plaintexts, to_send
-        header = datagram[0]
+            return [], []
+        return self.receive_parts(datagram[0], memoryview(datagram)[1:], now)
+
+    def receive_parts(
+        self, header: int, body: rec.Buffer, now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        """L{receive} for a caller that already split off the framing byte (saves a copy)."""
+        plaintexts: list[bytes] = []
+        to_send: list[bytes] = []
         from_client = bool(header & FROM_CLIENT)
         key: SessionKey = (not from_client, header & (GENERATIONS - 1))
-        body = datagram[1:]
         session = self.sessions.get(key)
         if from_client and (
             session is None or (session.state is not State.HANDSHAKING and is_client_hello(body))
@@ -236,6 +248,8 @@ class SecureChannel:
             return plaintexts, to_send
         was = session.state
         pts, out = session.receive(body, now)
+        if len(pts) > 1:
+            pts = [b"".join(pts)]  # one datagram, one message
         if was is State.ESTABLISHED and not out and session.state is was:
             return pts, to_send  # the common case: data on a live session
         reply = key[1] | (FROM_CLIENT if key[0] else 0)
@@ -248,7 +262,7 @@ class SecureChannel:
         return plaintexts, to_send
 
     def _new_server_session(
-        self, key: SessionKey, body: bytes, now: float, to_send: list[bytes]
+        self, key: SessionKey, body: rec.Buffer, now: float, to_send: list[bytes]
     ) -> DtlsSession | None:
         counters = self.context.counters
         verdict, value = check_new_hello(self.context, self.peer, body, now)
@@ -318,8 +332,8 @@ class SecureChannel:
         out: list[bytes] = []
         header = key[1] | (FROM_CLIENT if key[0] else 0)
         while self.queue:
-            for record in session.send(self.queue.popleft()):
-                out.append(frame(header, record))
+            out.append(frame(header, session.seal(self.queue.popleft())))
+        self._queued_bytes = 0
         return out
 
     def _maybe_rekey(self, session: DtlsSession, now: float) -> list[bytes]:
@@ -441,5 +455,6 @@ class SecureChannel:
         for key in list(self.sessions):
             out.extend(self._close_key(key, reason))
         self.queue.clear()
+        self._queued_bytes = 0
         self.closed_reason = reason
         return out

@@ -25,6 +25,7 @@ from wow.security.channel import (
     frame,
 )
 from wow.security.dtls import DtlsContext
+from wow.security.records import Buffer
 
 MAX_HALF_OPEN = 64
 MAX_CHANNELS = 4096
@@ -105,21 +106,33 @@ class SessionManager:
                 return []
         return channel.send(plaintext, now)
 
-    def receive(self, peer: bytes, datagram: bytes, now: float) -> tuple[list[bytes], list[bytes]]:
+    def receive(self, peer: bytes, datagram: Buffer, now: float) -> tuple[list[bytes], list[bytes]]:
         """
         A secured datagram from C{peer}: plaintexts to route and datagrams to
         send back.  A stranger's hello is answered without keeping anything.
         """
+        if len(datagram) < 2:
+            self.counters.inc("security_records_dropped", reason="malformed")
+            return [], []
+        return self.receive_parts(peer, datagram[0], memoryview(datagram)[1:], now)
+
+    def receive_parts(
+        self, peer: bytes, header: int, body: Buffer, now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        """
+        L{receive} for a link that hands over the framing byte and the DTLS
+        records separately: the records are not copied again.
+        """
         channel = self.channels.get(peer)
         if channel is None:
-            if len(datagram) < 2 or not datagram[0] & FROM_CLIENT:
+            if not header & FROM_CLIENT:
                 self.counters.inc("security_records_dropped", reason="no-session")
                 return [], []
-            verdict, value = check_new_hello(self.context, peer, datagram[1:], now)
+            verdict, value = check_new_hello(self.context, peer, body, now)
             if verdict == HelloVerdict.REPLY:
                 assert isinstance(value, bytes)
                 self.counters.inc("security_hello_verify_sent")
-                return [], [frame(datagram[0] & ~FROM_CLIENT & 0xFF, value)]
+                return [], [frame(header & ~FROM_CLIENT & 0xFF, value)]
             if verdict == HelloVerdict.DROP:
                 assert isinstance(value, str)
                 self.counters.inc("security_records_dropped", reason=value)
@@ -127,7 +140,7 @@ class SessionManager:
             channel = self._new_channel(peer, None)
             if channel is None:
                 return [], []
-        return channel.receive(datagram, now)
+        return channel.receive_parts(header, body, now)
 
     def check_source(self, peer: bytes, src_ip: str) -> bool:
         """

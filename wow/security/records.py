@@ -40,6 +40,10 @@ MAX_RECORD_BODY = 2**14 + 2048
 MAX_COOKIE = 255
 
 
+#: Parsers take bytes or a memoryview (slices of a view are not copies).
+Buffer = bytes | memoryview
+
+
 class MalformedRecord(ValueError):
     """The bytes are not (a sequence of) well-formed DTLS records."""
 
@@ -53,7 +57,7 @@ class RecordHeader:
     length: int
 
 
-def parse_header(data: bytes, offset: int = 0) -> RecordHeader:
+def parse_header(data: Buffer, offset: int = 0) -> RecordHeader:
     """Read the record header at C{offset}; the body must be complete."""
     if len(data) - offset < HEADER_LEN:
         raise MalformedRecord("truncated record header")
@@ -73,14 +77,14 @@ def parse_header(data: bytes, offset: int = 0) -> RecordHeader:
     return RecordHeader(ctype, version, epoch, sequence, length)
 
 
-def split_records(data: bytes) -> list[tuple[RecordHeader, bytes]]:
+def split_records(data: Buffer) -> list[tuple[RecordHeader, Buffer]]:
     """
     Split a datagram (or OpenSSL's output) into its records.
 
     @raise MalformedRecord: when any part of C{data} is not a whole record;
         a datagram is taken or refused as a whole.
     """
-    out: list[tuple[RecordHeader, bytes]] = []
+    out: list[tuple[RecordHeader, Buffer]] = []
     offset = 0
     end = len(data)
     if end == 0:
@@ -122,7 +126,7 @@ class ClientHello:
     cookie_offset: int
 
 
-def parse_client_hello(record: bytes) -> ClientHello:
+def parse_client_hello(record: Buffer) -> ClientHello:
     """
     Parse a record that must hold one whole, unfragmented ClientHello in
     epoch 0.
@@ -198,7 +202,7 @@ def hello_verify_request(record_sequence: int, cookie: bytes) -> bytes:
 
 
 def rewrite_client_hello(
-    record: bytes, *, message_seq: int, cookie: bytes, record_sequence: int
+    record: Buffer, *, message_seq: int, cookie: bytes, record_sequence: int
 ) -> bytes:
     """
     A copy of a ClientHello record with another message_seq, cookie and
@@ -206,12 +210,13 @@ def rewrite_client_hello(
 
     The stateless server uses it to replay, into a fresh OpenSSL object, the
     cookie-less first ClientHello that OpenSSL's state machine expects
-    before the one carrying the cookie (OpenSSL's own C{DTLSv1_listen} does
-    not work over memory BIOs in OpenSSL 3.2+).
+    before the one carrying the cookie (OpenSSL's own C{DTLSv1_listen}
+    fails with "Unexpected EOF" over memory BIOs in the OpenSSL 4.0 that
+    C{cryptography} bundles).
     """
     hello = parse_client_hello(record)
     header = parse_header(record)
-    body = record[HEADER_LEN + HANDSHAKE_HEADER_LEN : HEADER_LEN + header.length]
+    body = bytes(record[HEADER_LEN + HANDSHAKE_HEADER_LEN : HEADER_LEN + header.length])
     p = hello.cookie_offset
     new_body = body[:p] + bytes([len(cookie)]) + cookie + body[p + 1 + len(hello.cookie) :]
     return _handshake_record(header.version, record_sequence, CLIENT_HELLO, message_seq, new_body)

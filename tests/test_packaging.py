@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The daemons the wheel must register with twistd.
-DAEMONS = ["wow-node"]
+DAEMONS = ["wow-node", "wow-ca"]
 
 
 class WheelTests(TestCase):

@@ -33,23 +33,18 @@ class CountersCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for name in self.counters.names():
-            series = list(self.counters.series(name))
-            labels = sorted({k for lbls, _ in series for k in lbls})
-            family = CounterMetricFamily(
-                f"{self.prefix}_{name}", self.counters.help_for(name), labels=labels
-            )
-            for lbls, value in series:
-                family.add_metric([lbls.get(k, "") for k in labels], value)
-            yield family
+            yield self._family(CounterMetricFamily, name, self.counters.series(name))
         for name in self.counters.gauge_names():
-            series = list(self.counters.gauge_series(name))
-            labels = sorted({k for lbls, _ in series for k in lbls})
-            gauge = GaugeMetricFamily(
-                f"{self.prefix}_{name}", self.counters.help_for(name), labels=labels
-            )
-            for lbls, value in series:
-                gauge.add_metric([lbls.get(k, "") for k in labels], value)
-            yield gauge
+            yield self._family(GaugeMetricFamily, name, self.counters.gauge_series(name))
+
+    def _family(self, kind: Any, name: str,
+                series_iter: Iterator[tuple[dict[str, str], float]]) -> Metric:
+        series = list(series_iter)
+        labels = sorted({k for lbls, _ in series for k in lbls})
+        family = kind(f"{self.prefix}_{name}", self.counters.help_for(name), labels=labels)
+        for lbls, value in series:
+            family.add_metric([lbls.get(k, "") for k in labels], value)
+        return family
 
 
 def registry_for(counters: Counters, prefix: str) -> CollectorRegistry:

@@ -8,3 +8,10 @@ wowNode = ServiceMaker(
     "A WOW node: virtual NIC, DHCP for the host's own client, overlay membership.",
     "wow-node",
 )
+
+wowCA = ServiceMaker(
+    "WOW CA",
+    "wow.ca.tap",
+    "A WOW community CA: EST enrolment bound to virtual IPs, auto/manual/LDAP approval, CRL.",
+    "wow-ca",
+)

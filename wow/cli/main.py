@@ -21,6 +21,9 @@ from wow import __version__
 
 COMMAND_MODULES = [
     "wow.cli.node",
+    "wow.cli.demo",
+    "wow.cli.ca",
+    "wow.cli.enroll",
 ]
 
 EXIT_OK = 0

@@ -45,8 +45,45 @@ def cmd_leases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_section(value: Any, indent: int = 0) -> None:
+    for key, item in sorted(value.items()) if isinstance(value, dict) else ():
+        if isinstance(item, dict):
+            print(f"{' ' * indent}{key}:")
+            _print_section(item, indent + 2)
+        else:
+            print(f"{' ' * indent}{key}: {item}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = query(args, "status")
+    if args.json:
+        print_json(status)
+    else:
+        _print_section(status)
+    return EXIT_OK
+
+
+def cmd_counters(args: argparse.Namespace) -> int:
+    counters = query(args, "counters")
+    if args.json:
+        print_json(counters)
+        return EXIT_OK
+    for name, series in sorted(counters.items()):
+        for labels, value in sorted(series.items()):
+            print(f"{name}{'{' + labels + '}' if labels else ''} {value:g}")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("leases", help="list the DHCP leases this node handed out")
     add_socket_option(p)
     add_json_option(p)
     p.set_defaults(func=cmd_leases)
+    p = subparsers.add_parser("status", help="show the node's status (TAP, leases, uptime, ...)")
+    add_socket_option(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_status)
+    p = subparsers.add_parser("counters", help="show every counter (drops with their reasons)")
+    add_socket_option(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_counters)

@@ -121,7 +121,9 @@ class Lab:
                ) -> subprocess.Popen[bytes]:
         """Start C{twistd -n PLUGIN ARGS} from this checkout."""
         pidfile = os.path.join(self.workdir, log_name + ".pid")
-        argv = [sys.executable, "-m", "twisted", "-n", "--pidfile", pidfile, plugin, *args]
+        # "python -m twisted" is twist, not twistd: run twistd's entry point.
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile", pidfile, plugin, *args]
         return self.spawn(ns, argv, log_name)
 
     def log_text(self, proc: subprocess.Popen[bytes]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from wow.ca.config import NodeCaSection
 from wow.util.config import ConfigError, build, load_toml
 
 #: Linux IFNAMSIZ is 16 including the terminating NUL.
@@ -128,8 +129,10 @@ class DhcpSection:
             raise ConfigError(
                 f"dhcp.mode {self.mode!r} is not one of {', '.join(self.MODES)}"
             )
-        if not 60 <= self.lease_time <= 7 * 24 * 3600:
-            raise ConfigError(f"dhcp.lease_time {self.lease_time} must be between 60 and 604800")
+        # 10 s is far below any sensible production value, but lets tests
+        # watch a real client renew.
+        if not 10 <= self.lease_time <= 7 * 24 * 3600:
+            raise ConfigError(f"dhcp.lease_time {self.lease_time} must be between 10 and 604800")
         for key in ("pool_start", "pool_end"):
             value = getattr(self, key)
             if value:
@@ -185,6 +188,14 @@ class ControlSection:
     socket: str = ""
 
 
+def _check_listen(value: str, where: str) -> None:
+    """An optional ADDRESS:PORT setting ("" = off)."""
+    if value:
+        from wow.prometheus import parse_listen
+
+        parse_listen(value, where)
+
+
 @dataclass(frozen=True)
 class MetricsSection:
     """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
@@ -193,10 +204,7 @@ class MetricsSection:
     listen: str = ""
 
     def validate(self) -> None:
-        if self.listen:
-            from wow.prometheus import parse_listen
-
-            parse_listen(self.listen, "metrics.listen")
+        _check_listen(self.listen, "metrics.listen")
 
 
 @dataclass(frozen=True)
@@ -207,10 +215,7 @@ class WebSection:
     listen: str = ""
 
     def validate(self) -> None:
-        if self.listen:
-            from wow.prometheus import parse_listen
-
-            parse_listen(self.listen, "web.listen")
+        _check_listen(self.listen, "web.listen")
 
 
 def _check_ip_or_subnet(where: str, value: str) -> None:
@@ -236,7 +241,8 @@ class SecuritySection:
     public_nodes: tuple[str, ...] = ()
     #: Refuse peer certificates that name no overlay address (URI SAN).
     require_overlay_uri: bool = False
-    #: Where the CA publishes its DER CRL ("" = only CRLs pushed over the overlay).
+    #: Where the CA publishes its DER CRL; "" = CA_URL/crl when [ca] url is
+    #: set, else only CRLs pushed over the overlay.
     crl_url: str = ""
     #: Longest wait between CRL fetches, whatever the CRL's nextUpdate says.
     crl_refresh: int = 3600
@@ -282,6 +288,7 @@ class NodeConfig:
     control: ControlSection = field(default_factory=ControlSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     web: WebSection = field(default_factory=WebSection)
+    ca: NodeCaSection = field(default_factory=NodeCaSection)
     security: SecuritySection = field(default_factory=SecuritySection)
 
     def validate(self) -> None:

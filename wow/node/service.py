@@ -14,8 +14,11 @@ from twisted.logger import Logger
 
 from wow.control.server import ControlService
 from wow.metrics import Counters
+from wow.nic.service import NicService
 from wow.node.config import NodeConfig
+from wow.node.status import StatusBoard
 from wow.util.durable import ensure_private_directory
+from wow.util.fatal import fatal
 
 
 class NodeService(MultiService):
@@ -31,6 +34,20 @@ class NodeService(MultiService):
         self.counters = Counters()
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
+        self.status = StatusBoard(reactor, self.counters)
+        self.control.register("status", self.status.status)
+        self.control.register("counters", self.status.counters_snapshot)
+        self.nic = NicService(config, reactor, self.counters)
+        self.nic.setServiceParent(self)
+        self.control.register("leases", self.nic.leases)
+        self.status.contribute("nic", self.nic.status)
+        self.enroller = None
+        if config.ca.url:
+            from wow.ca.client import node_enroller
+
+            self.enroller = node_enroller(config, reactor, self.nic.host_ip)
+            if self.enroller is not None:
+                self.enroller.setServiceParent(self)
         if config.metrics.listen:
             from wow.prometheus import metrics_service
 
@@ -43,7 +60,17 @@ class NodeService(MultiService):
                         ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
-        ensure_private_directory(self.config.node.state_dir)
+        # Children's known start-up failures (not root, no /dev/net/tun, ...)
+        # end in one sentence before anything is created.
+        for child in self:
+            preflight = getattr(child, "preflight", None)
+            if preflight is not None:
+                preflight()
+        try:
+            ensure_private_directory(self.config.node.state_dir)
+        except OSError as e:
+            fatal("wow-node", f"cannot create the state directory "
+                  f"{self.config.node.state_dir}: {e.strerror}", 1)
         super().privilegedStartService()
 
 

@@ -58,6 +58,10 @@ class AddressCache:
     def pending_destinations(self) -> int:
         return len(self._pending)
 
+    def pending(self, ip: bytes) -> bool:
+        """Whether packets for C{ip} wait for a lookup."""
+        return ip in self._pending
+
     @property
     def queued_bytes(self) -> int:
         return sum(p.size for p in self._pending.values())
@@ -73,6 +77,20 @@ class AddressCache:
             return None
         self._entries.move_to_end(ip)
         return address
+
+    def peek(self, ip: bytes, now: float) -> tuple[bool, bytes | None]:
+        """
+        C{(known, address)}: C{known} is False when nothing unexpired is
+        cached; C{address} is L{None} for a cached "not leased" answer.
+        """
+        entry = self._entries.get(ip)
+        if entry is None:
+            return False, None
+        address, expiry = entry
+        if expiry <= now:
+            del self._entries[ip]
+            return False, None
+        return True, address
 
     def route(self, ip: bytes, packet: bytes, now: float) -> tuple[Outcome, bytes | None]:
         """
@@ -103,12 +121,17 @@ class AddressCache:
         pending.size += len(packet)
         return outcome, None
 
-    def resolved(self, ip: bytes, address: bytes | None, ttl: float, now: float) -> list[bytes]:
+    def resolved(self, ip: bytes, address: bytes | None, ttl: float, now: float,
+                 remember: bool = True) -> list[bytes]:
         """
         Record a lookup's answer; return the packets that waited for it
         (to send when C{address} is set, to drop otherwise).
+
+        @param remember: cache the answer (False: only release the queue).
         """
-        if address is None:
+        if not remember:
+            lifetime = 0.0
+        elif address is None:
             lifetime = NEGATIVE_TTL_S
         else:
             lifetime = max(0.0, min(ttl, MAX_POSITIVE_TTL_S))

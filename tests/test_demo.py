@@ -1,0 +1,71 @@
+"""C{wow demo} for real: it prints the lease and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.netns import HERE, skip_reason
+
+SKIP = skip_reason("dhclient")
+WOW = [sys.executable, "-m", "wow"]
+
+
+def leftovers(prefix: str) -> list[str]:
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [n for n in names if n.startswith(prefix)] + [
+        line for line in links.splitlines() if f" {prefix}" in line]
+
+
+class DemoTests(SynchronousTestCase):
+    if SKIP:
+        skip = SKIP
+
+    def check_output(self, out: str) -> str:
+        self.assertRegex(out, r"address\s+10\.128\.\d+\.\d+/16")
+        self.assertRegex(out, r"DNS server\s+10\.128\.0\.1")
+        self.assertRegex(out, r"domain\s+wow")
+        self.assertRegex(out, r"lease time\s+3600 s")
+        match = re.search(r"nothing left behind \(prefix (d[0-9a-f]{5})\)", out)
+        assert match is not None, out
+        prefix = match.group(1)
+        self.assertEqual(leftovers(prefix), [])
+        self.assertFalse(os.path.exists(f"/tmp/wowlab-{prefix}"))
+        return prefix
+
+    def test_duration(self) -> None:
+        result = subprocess.run([*WOW, "demo", "--duration", "0.5"], capture_output=True,
+                                text=True, timeout=120, cwd=HERE)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.check_output(result.stdout)
+
+    def test_ctrl_c_tears_down(self) -> None:
+        proc = subprocess.Popen([*WOW, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=HERE)
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "press Ctrl-C" in line or not line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err)
+        self.check_output("".join(lines) + out)
+
+    def test_not_root_is_one_sentence(self) -> None:
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 *WOW, "demo"], capture_output=True, text=True, timeout=60,
+                                cwd=HERE)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+        self.assertIn("must run as root", result.stderr)

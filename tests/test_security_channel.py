@@ -153,8 +153,11 @@ class ChannelTests(SynchronousTestCase):
         net.send(ADDR_A, ADDR_C, b"x", "10.128.0.4")
         channel = a.channels[ADDR_C]
         self.assertEqual((channel.state, channel.failure), ("failed", "ip-mismatch"))
-        net.send(ADDR_A, ADDR_C, b"y")
-        self.assertEqual(a.counters.get("security_packets_dropped", reason="handshake-failed"), 1)
+        self.assertEqual(list(channel.queue), [])  # the queued message is dropped
+        net.send(ADDR_A, ADDR_C, b"y")  # and so is anything sent during the backoff
+        self.assertEqual(a.counters.get("security_packets_dropped", reason="handshake-failed"), 2)
+        net.advance(2.0)
+        self.assertEqual(a.counters.get("security_handshakes_refused", reason="ip-mismatch"), 1)
         self.assertEqual(net.inbox[ADDR_C], [])
 
 
@@ -347,3 +350,17 @@ class FuzzManagerTests(SynchronousTestCase):
             self.b.receive(source, data, now)
             self.b.receive(source, bytes([header]) + data, now)
         self.assertEqual(self.b.channels[ADDR_A].state, "established")
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_deadline_never_stays_in_the_past(self) -> None:
+        """After every tick the next deadline lies ahead (a reactor timer must not spin)."""
+        net, a, b = two(ChannelParams(rekey_interval=60, grace=10))
+        net.send(ADDR_A, ADDR_B, b"x", IP_B)
+        net.drop = lambda s, d: True  # the rekey handshakes never finish
+        for _ in range(200):
+            net.advance(0.7)
+            for node in (a, b):
+                deadline = node.next_deadline()
+                if deadline is not None:
+                    self.assertGreater(deadline, net.clock.seconds())

@@ -390,8 +390,13 @@ class SecureChannel:
         times.extend(self.draining.values())
         session = self.current_session
         if session is not None and session.established_at is not None:
-            times.append(session.established_at + self.params.rekey_interval)
-        if self.retry_at is not None and self.queue:
+            assert self.current is not None
+            interval = self.params.rekey_interval
+            if self.pending is None:
+                factor = 1.0 if self.current[0] else 1.25
+                times.append(session.established_at + interval * factor)
+            times.append(session.established_at + 2 * interval)  # overdue: closed
+        elif self.pending is None and self.queue and self.retry_at is not None:
             times.append(self.retry_at)
         return min(times) if times else None
 
@@ -407,6 +412,12 @@ class SecureChannel:
                 self.failure = session.close_reason
                 self.retry_at = now + self._retry_delay
                 self._retry_delay = min(self._retry_delay * 2, self.params.retry_max)
+                if self.queue:  # stale by the time a retry could succeed
+                    self.context.counters.inc(
+                        "security_packets_dropped", len(self.queue), reason="handshake-failed"
+                    )
+                    self.queue.clear()
+                    self._queued_bytes = 0
         if self.current == key:
             self.current = None
 

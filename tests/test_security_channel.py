@@ -364,3 +364,14 @@ class DeadlineTests(SynchronousTestCase):
                 deadline = node.next_deadline()
                 if deadline is not None:
                     self.assertGreater(deadline, net.clock.seconds())
+
+    def test_peer_certificate_expiry_ends_session(self) -> None:
+        """A session does not outlive the peer's certificate (the clock is the wall clock)."""
+        net, a, b = two()
+        net.send(ADDR_A, ADDR_B, b"x", IP_B)
+        session = a.channels[ADDR_B].current_session
+        assert session is not None and session.peer_certificate is not None
+        self.assertLessEqual(a.next_deadline(), session.peer_certificate.not_after)  # type: ignore[operator]
+        net.advance(session.peer_certificate.not_after - net.clock.seconds())
+        channel = a.channels[ADDR_B]
+        self.assertEqual((channel.state, channel.failure), ("failed", "peer-certificate-expired"))

@@ -135,6 +135,33 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(service.peers(), [])
         self.assertEqual(sent, [])
 
+    def test_enrolment_picked_up(self) -> None:
+        state = self.mktemp()
+        config = NodeConfig(node=NodeSection(state_dir=state))
+        clock = Clock()
+        service = SecurityService(config, clock, Counters(), ADDR_A, lambda p, d: None)
+        service.startService()
+        self.assertFalse(service.have_cert)
+        install(state, pki().a)
+        clock.advance(60)
+        self.assertTrue(service.have_cert)
+        first = service.manager
+        clock.advance(60)
+        self.assertIs(service.manager, first)  # unchanged files: nothing reloaded
+        with open(os.path.join(state, "host.key"), "wb") as f:  # renewal half written
+            f.write(b"")
+        clock.advance(60)
+        self.assertIs(service.manager, first)
+        install(state, pki().no_uri)  # renewed: a new certificate
+        os.utime(os.path.join(state, "host.pem"), ns=(1, 1))
+        clock.advance(60)
+        self.assertIsNot(service.manager, first)
+        self.assertEqual(
+            service.status()["certificate"]["serial"], f"{pki().no_uri.cert.serial_number:x}"
+        )
+        service.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_exchange_and_control(self) -> None:
         wire = Wire(self)
         wire.start()

@@ -370,7 +370,15 @@ class SecureChannel:
             session = current
             p = self.params
             assert session.established_at is not None
-            if (
+            cert = session.peer_certificate
+            if cert is not None and now >= cert.not_after:
+                # The time is the reactor's, i.e. the wall clock in a node.
+                self.failure = "peer-certificate-expired"
+                self.context.counters.inc(
+                    "security_sessions_closed", reason="peer-certificate-expired"
+                )
+                out.extend(self._close_key(self.current, "peer-certificate-expired"))  # type: ignore[arg-type]
+            elif (
                 now - session.established_at >= 2 * p.rekey_interval
                 or session.bytes_total >= 2 * p.rekey_bytes
                 or session.packets_total >= 2 * p.rekey_packets
@@ -396,6 +404,8 @@ class SecureChannel:
                 factor = 1.0 if self.current[0] else 1.25
                 times.append(session.established_at + interval * factor)
             times.append(session.established_at + 2 * interval)  # overdue: closed
+            if session.peer_certificate is not None:
+                times.append(session.peer_certificate.not_after)
         elif self.pending is None and self.queue and self.retry_at is not None:
             times.append(self.retry_at)
         return min(times) if times else None

@@ -37,6 +37,8 @@ from wow.security.policy import Policy
 from wow.security.records import Buffer
 
 CERT, KEY, CA, CRL = "host.pem", "host.key", "ca.pem", "crl.der"
+#: How often the installed certificate is checked for enrolment or renewal.
+IDENTITY_CHECK_S = 60.0
 #: A CRL larger than this is refused before parsing.
 MAX_CRL_BYTES = 4 * 2**20
 
@@ -160,6 +162,8 @@ class SecurityService(Service):
         self.crl_error: str | None = None
         self._tick_call: IDelayedCall | None = None
         self._crl_call: IDelayedCall | None = None
+        self._watch_call: IDelayedCall | None = None
+        self._installed: tuple[tuple[int, int], ...] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -170,13 +174,32 @@ class SecurityService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         if self.config.security.enabled:
+            self._watch()
+
+    def _fingerprint(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for name in (CERT, KEY, CA):
+            try:
+                st = os.stat(os.path.join(self.config.node.state_dir, name))
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, -1))
+        return tuple(out)
+
+    def _watch(self) -> None:
+        """Load the identity when first installed or renewed (wow enroll, the Enroller)."""
+        self._watch_call = None
+        installed = self._fingerprint()
+        if installed != self._installed:
+            self._installed = installed
             self.reload_identity()
+        self._watch_call = self.reactor.callLater(IDENTITY_CHECK_S, self._watch)
 
     def stopService(self) -> Any:
-        for call in (self._tick_call, self._crl_call):
+        for call in (self._tick_call, self._crl_call, self._watch_call):
             if call is not None and call.active():
                 call.cancel()
-        self._tick_call = self._crl_call = None
+        self._tick_call = self._crl_call = self._watch_call = None
         if self.manager is not None:
             for peer in list(self.manager.channels):
                 for datagram in self.manager.close(peer, "shutdown"):
@@ -187,11 +210,17 @@ class SecurityService(Service):
         """(Re)load the installed certificate, e.g. after enrolment or renewal."""
         state_dir = self.config.node.state_dir
         identity, why = load_identity(state_dir)
-        self.identity_state = why
+        if identity is None or self.manager is None:
+            self.identity_state = why
         if identity is None:
+            if self.manager is not None:
+                # A renewal half written (key before certificate): keep the
+                # working identity and look again at the next check.
+                self.log.info("security: keeping the current certificate: {why}", why=why)
+                self._installed = None
+                return False
             self.log.info("security: {why}; only public nodes are reachable", why=why)
             self.identity = None
-            self.manager = None
             return False
         if self.crl is None or self.crl.ca_cert != identity.ca_cert:
             self.crl = CrlState(
@@ -211,6 +240,7 @@ class SecurityService(Service):
         )
         old = self.manager
         self.identity = identity
+        self.identity_state = why
         self.manager = SessionManager(
             self.local_address, context, self.reactor, self.params, max_half_open=sec.max_half_open
         )

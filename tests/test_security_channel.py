@@ -137,6 +137,21 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(net.inbox[ADDR_A], [b"from b"])
         self.assertEqual(len(ca.sessions) + len(cb.sessions), 2)
 
+    def test_replayed_capture(self) -> None:
+        """Everything A sent, replayed to B at once: nothing delivered twice, session intact."""
+        net, a, b = two()
+        for i in range(5):
+            net.send(ADDR_A, ADDR_B, b"msg %d" % i, IP_B)
+        current = b.channels[ADDR_A].current
+        captured = [d for s, _, d in net.captured if s == ADDR_A]
+        for datagram in captured:
+            self.assertEqual(b.receive(ADDR_A, datagram, net.clock.seconds())[0], [])
+        self.assertEqual(b.channels[ADDR_A].current, current)
+        self.assertEqual(b.counters.get("security_records_dropped", reason="replayed-hello"), 1)
+        self.assertEqual(b.counters.get("security_records_dropped", reason="replay"), 5)
+        net.send(ADDR_A, ADDR_B, b"still here")
+        self.assertEqual(net.inbox[ADDR_B], [b"msg %d" % i for i in range(5)] + [b"still here"])
+
     def test_peer_restart(self) -> None:
         """A restarted peer (new manager, possibly the same generation) gets a new session."""
         net, a, b = two()

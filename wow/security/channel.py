@@ -69,13 +69,13 @@ class HelloVerdict:
 
 def check_new_hello(
     context: DtlsContext, peer: bytes, body: rec.Buffer, now: float
-) -> tuple[str, bytes | str | None]:
+) -> tuple[str, bytes | str | rec.ClientHello]:
     """
     The stateless gate in front of every new server session.
 
     @param body: the datagram without its framing byte.
     @return: C{(REPLY, hello_verify_request)}, C{(DROP, reason)} or
-        C{(ACCEPT, None)} for a ClientHello carrying a valid cookie.
+        C{(ACCEPT, hello)} for a ClientHello carrying a valid cookie.
     """
     try:
         first = rec.split_records(body)[0][1]
@@ -87,7 +87,7 @@ def check_new_hello(
         return HelloVerdict.REPLY, rec.hello_verify_request(hello.record_sequence, cookie)
     if not context.cookies.check(peer, hello.cookie, now):
         return HelloVerdict.DROP, "bad-cookie"
-    return HelloVerdict.ACCEPT, None
+    return HelloVerdict.ACCEPT, hello
 
 
 def is_client_hello(body: rec.Buffer) -> bool:
@@ -135,6 +135,9 @@ class SecureChannel:
         self.draining: dict[SessionKey, float] = {}
         self.queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        #: Randoms of the last hellos accepted (a cookie lives ≤ 60 s, so a
+        #: replay older than that already fails the cookie check).
+        self._recent_hellos: deque[bytes] = deque(maxlen=8)
         self.peer_ip: str | None = expected_ip
         self.failure: str | None = None
         self.retry_at: float | None = None
@@ -275,6 +278,12 @@ class SecureChannel:
             assert isinstance(value, str)
             counters.inc("security_records_dropped", reason=value)
             return None
+        assert isinstance(value, rec.ClientHello)
+        if value.random in self._recent_hellos:
+            # A captured hello replayed while its cookie is still valid: it
+            # must not replace the session it once opened.
+            counters.inc("security_records_dropped", reason="replayed-hello")
+            return None
         if self.pending is not None and self.pending[0]:
             # Both ends started a handshake: the lower overlay address's wins.
             if self.local < self.peer:
@@ -290,6 +299,7 @@ class SecureChannel:
         old = self.sessions.get(key)
         if old is not None:  # the peer restarted and reuses a generation
             self._discard(key, "replaced")
+        self._recent_hellos.append(value.random)
         session = DtlsSession(Role.SERVER, self.context, self.peer, self.peer_ip, self.clock)
         session.created_at = now
         self.sessions[key] = session

@@ -121,6 +121,8 @@ class ClientHello:
 
     record_sequence: int
     message_seq: int
+    #: The client's 32-byte random: tells a replayed hello from a new one.
+    random: bytes
     cookie: bytes
     #: Offset of the cookie length byte inside the handshake body.
     cookie_offset: int
@@ -169,6 +171,7 @@ def parse_client_hello(record: Buffer) -> ClientHello:
     return ClientHello(
         record_sequence=header.sequence,
         message_seq=message_seq,
+        random=bytes(body[2:34]),
         cookie=bytes(body[p + 1 : q]),
         cookie_offset=p,
     )

@@ -106,6 +106,15 @@ class SessionManager:
                 return []
         return channel.send(plaintext, now)
 
+    def connect(self, peer: bytes, now: float, expected_ip: str | None = None) -> list[bytes]:
+        """Start a handshake to C{peer} ahead of any data (no-op when one runs or is up)."""
+        channel = self.channels.get(peer)
+        if channel is None:
+            channel = self._new_channel(peer, expected_ip)
+            if channel is None:
+                return []
+        return channel.open(now)
+
     def receive(self, peer: bytes, datagram: Buffer, now: float) -> tuple[list[bytes], list[bytes]]:
         """
         A secured datagram from C{peer}: plaintexts to route and datagrams to

@@ -263,3 +263,28 @@ class CrlServiceTests(SynchronousTestCase):
         wire.advance(5)
         self.assertEqual(wire.inbox[ADDR_A], [b"before"])
         self.assertEqual(a.counters.get("security_handshakes_refused", reason="revoked"), 1)
+
+
+class CliTests(SynchronousTestCase):
+    def test_format(self) -> None:
+        from wow.cli.security import format_security
+
+        wire = Wire(self)
+        wire.start()
+        a = wire.services[ADDR_A]
+        a.send(ADDR_B, b"x", IP_B)
+        wire.pump()
+        lines = format_security({"status": a.status(), "peers": a.peers()}, now=time.time())
+        self.assertEqual(lines[0], "security: on (enrolled)")
+        self.assertIn(f"serial {pki().a.cert.serial_number:x}", lines[1])
+        self.assertIn("expires in", lines[1])
+        self.assertTrue(lines[-1].startswith(ADDR_B.hex()))
+        self.assertIn("ECDHE-ECDSA-AES256-GCM-SHA384", lines[-1])
+        self.assertIn(f"{pki().b.cert.serial_number:x}", lines[-1])
+
+    def test_unreachable(self) -> None:
+        from wow.cli.main import main
+
+        with self.assertRaises(SystemExit) as cm:
+            main(["security", "--socket", self.mktemp()])
+        self.assertEqual(cm.exception.code, 3)

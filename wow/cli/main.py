@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "wow.cli.demo",
     "wow.cli.ca",
     "wow.cli.enroll",
+    "wow.cli.security",
 ]
 
 EXIT_OK = 0

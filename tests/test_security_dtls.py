@@ -179,6 +179,47 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIs(pair.server.state, State.ESTABLISHED)
 
 
+class CipherTests(SynchronousTestCase):
+    """Only ECDHE with an AEAD cipher, only DTLS 1.2, whatever the peer offers."""
+
+    def client_context(self, ciphers: bytes, max_version: int = 0xFEFD) -> DtlsContext:
+        from OpenSSL import SSL, crypto
+
+        ctx = context(pki().a)
+        raw = SSL.Context(SSL.DTLS_METHOD)
+        raw.set_max_proto_version(max_version)
+        raw.set_cipher_list(ciphers)
+        raw.use_certificate(crypto.X509.from_cryptography(pki().a.cert))
+        raw.use_privatekey(crypto.PKey.from_cryptography_key(pki().a.key))  # type: ignore[arg-type]
+        raw.set_verify(SSL.VERIFY_NONE)
+        ctx.client_context = raw  # a peer that does not follow WOW's rules
+        return ctx
+
+    def test_chacha20(self) -> None:
+        pair = Pair(client_ctx=self.client_context(b"ECDHE-ECDSA-CHACHA20-POLY1305"))
+        pair.handshake()
+        self.assertEqual(pair.server.cipher, "ECDHE-ECDSA-CHACHA20-POLY1305")
+        pair.deliver("client", pair.client.send(b"x" * 1000))
+        self.assertEqual(pair.received["server"], [b"x" * 1000])
+
+    def test_weak_ciphers_refused(self) -> None:
+        for ciphers in (b"AES128-SHA", b"ECDHE-ECDSA-AES128-SHA", b"AES256-GCM-SHA384"):
+            pair = Pair(client_ctx=self.client_context(ciphers))
+            pair.handshake()
+            self.assertIs(pair.server.state, State.CLOSED, ciphers)
+            self.assertEqual(pair.server.close_reason, "no-shared-cipher")
+            self.assertIsNot(pair.client.state, State.ESTABLISHED, ciphers)
+        self.assertEqual(
+            pair.sctx.counters.get("security_handshakes_refused", reason="no-shared-cipher"), 1
+        )
+
+    def test_dtls_1_0_refused(self) -> None:
+        pair = Pair(client_ctx=self.client_context(b"ECDHE-ECDSA-AES128-SHA", 0xFEFF))
+        pair.handshake()
+        self.assertIsNot(pair.server.state, State.ESTABLISHED)
+        self.assertIsNot(pair.client.state, State.ESTABLISHED)
+
+
 class DataTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.pair = Pair()

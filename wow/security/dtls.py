@@ -164,6 +164,26 @@ class DtlsContext:
         return ctx
 
 
+#: OpenSSL error texts that mean this end refused the peer's offer.
+_LOCAL_REFUSALS = (
+    ("no shared cipher", "no-shared-cipher"),
+    ("unsupported protocol", "bad-version"),
+    ("wrong version", "bad-version"),
+    ("version too low", "bad-version"),
+    ("peer did not return a certificate", "no-certificate"),
+)
+
+
+def _classify(error: str) -> tuple[str, bool]:
+    """A handshake error's reason label, and whether it is our refusal."""
+    for text, reason in _LOCAL_REFUSALS:
+        if text in error:
+            return reason, True
+    if "alert" in error:
+        return "peer-refused", False
+    return "handshake-error", False
+
+
 def _verify_callback(
     conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
 ) -> bool:
@@ -648,12 +668,8 @@ class DtlsSession:
             if refusal is not None:
                 self._fail(refusal.reason, refusal.detail, now, local=True)
             else:
-                self._fail(
-                    "peer-refused" if "alert" in str(e) else "handshake-error",
-                    str(e),
-                    now,
-                    local=False,
-                )
+                reason, local = _classify(str(e))
+                self._fail(reason, str(e), now, local=local)
             return out
         out = self._read_output()
         self._established(now, out)

@@ -390,3 +390,33 @@ class DeadlineTests(SynchronousTestCase):
         net.advance(session.peer_certificate.not_after - net.clock.seconds())
         channel = a.channels[ADDR_B]
         self.assertEqual((channel.state, channel.failure), ("failed", "peer-certificate-expired"))
+
+
+class LossyRekeyTests(SynchronousTestCase):
+    def test_rekeys_through_handshake_loss_without_data_loss(self) -> None:
+        """A third of all handshake datagrams lost: rekeys still complete, no data lost."""
+        net, a, b = two(ChannelParams(rekey_bytes=150_000, grace=10))
+        count = [0]
+
+        def drop(src: bytes, datagram: bytes) -> bool:
+            if datagram[1] in (20, 22):  # handshake and ChangeCipherSpec records
+                count[0] += 1
+                return count[0] % 3 == 0
+            return False
+
+        net.send(ADDR_A, ADDR_B, b"first", IP_B)
+        net.drop = drop
+        sent = [b"first"]
+        for i in range(150):
+            message = i.to_bytes(4, "big") * 2048
+            net.send(ADDR_A, ADDR_B, message)
+            sent.append(message)
+            net.advance(0.25)
+        self.assertEqual(net.inbox[ADDR_B], sent)
+        self.assertGreater(count[0] // 3, 3)  # handshake datagrams really were lost
+        self.assertGreaterEqual(a.counters.get("security_handshakes"), 5)
+        self.assertGreater(
+            a.counters.get("security_handshake_retransmits")
+            + b.counters.get("security_handshake_retransmits"),
+            0,
+        )

@@ -16,7 +16,7 @@ from wow.metrics import Counters
 from wow.security.channel import FROM_CLIENT, ChannelParams
 from wow.security.dtls import DtlsContext, DtlsSession, RevokedSerials, Role
 from wow.security.manager import SessionManager
-from wow.security.records import rewrite_client_hello
+from wow.security.records import SESSION_LOST, rewrite_client_hello
 
 Drop = Callable[[bytes, bytes], bool]
 
@@ -161,6 +161,32 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(net.inbox[ADDR_A], [b"after restart"])
         net.send(ADDR_A, ADDR_B, b"answer")
         self.assertEqual(net.inbox[ADDR_B], [b"answer"])
+
+    def test_one_way_traffic_survives_peer_restart(self) -> None:
+        """B restarts; A only sends: B's hint makes A re-handshake, traffic resumes."""
+        net, a, b = two()
+        net.send(ADDR_A, ADDR_B, b"before", IP_B)
+        self.assertEqual(net.inbox[ADDR_B], [b"before"])
+        net.add(ADDR_B, pki().b)  # B restarted: no sessions at all (and an empty inbox)
+        net.send(ADDR_A, ADDR_B, b"lost")  # answered with the hint, then a new handshake
+        for i in range(3):
+            net.send(ADDR_A, ADDR_B, b"after %d" % i)
+        self.assertEqual(net.inbox[ADDR_B], [b"after 0", b"after 1", b"after 2"])
+        self.assertEqual(a.counters.get("security_session_lost_hints"), 1)
+
+    def test_forged_hint_costs_one_handshake(self) -> None:
+        net, a, b = two()
+        net.send(ADDR_A, ADDR_B, b"x", IP_B)
+        gen = a.channels[ADDR_B].current[1]  # type: ignore[index]
+        hint = bytes([gen]) + SESSION_LOST
+        for _ in range(10):
+            net.deliver(ADDR_B, ADDR_A, [hint])
+        self.assertEqual(a.counters.get("security_session_lost_hints"), 10)
+        self.assertEqual(
+            a.counters.get("security_handshakes", outcome="established", role="client"), 2
+        )
+        net.send(ADDR_A, ADDR_B, b"y")
+        self.assertEqual(net.inbox[ADDR_B], [b"x", b"y"])
 
     def test_failed_handshake_backoff(self) -> None:
         net, a, b = two()
@@ -318,7 +344,10 @@ class FloodTests(SynchronousTestCase):
     def test_garbage_from_strangers(self) -> None:
         net, a, b = two()
         for junk in (b"", b"\x00", b"\x85", b"\x85garbage", b"\x05\x17\xfe\xfd" + b"\x00" * 20):
-            self.assertEqual(b.receive(ADDR_C, junk, net.clock.seconds()), ([], []))
+            plaintexts, replies = b.receive(ADDR_C, junk, net.clock.seconds())
+            self.assertEqual(plaintexts, [])
+            # At most the 16-byte "no such session" hint, never more than came in.
+            self.assertTrue(all(r[1:] == SESSION_LOST for r in replies))
         self.assertEqual(b.channels, {})
         self.assertEqual(b.counters.get("security_records_dropped"), 5)
 

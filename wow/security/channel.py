@@ -33,6 +33,8 @@ FROM_CLIENT = 0x80
 GENERATIONS = 128
 #: Bytes the framing adds to every datagram (the MTU budget counts it).
 FRAME_OVERHEAD = 1
+#: A "session lost" hint starts at most one handshake this often.
+SESSION_LOST_HOLDOFF_S = 5.0
 
 #: Session key inside a channel: (this node is the session's client, generation).
 SessionKey = tuple[bool, int]
@@ -90,6 +92,17 @@ def check_new_hello(
     return HelloVerdict.ACCEPT, hello
 
 
+def session_lost_reply(header: int, body: rec.Buffer) -> list[bytes]:
+    """
+    The C{SESSION_LOST} hint answering application data for a session this
+    node does not have; only application data gets one, so hints never
+    answer hints.
+    """
+    if len(body) > rec.HEADER_LEN and body[0] == rec.APPLICATION_DATA:
+        return [frame(header ^ FROM_CLIENT, rec.SESSION_LOST)]
+    return []
+
+
 def is_client_hello(body: rec.Buffer) -> bool:
     """Whether a datagram body starts with an epoch-0 ClientHello record."""
     return (
@@ -138,6 +151,7 @@ class SecureChannel:
         #: Randoms of the last hellos accepted (a cookie lives ≤ 60 s, so a
         #: replay older than that already fails the cookie check).
         self._recent_hellos: deque[bytes] = deque(maxlen=8)
+        self._last_lost_hint = -1e18
         self.peer_ip: str | None = expected_ip
         self.failure: str | None = None
         self.retry_at: float | None = None
@@ -198,6 +212,8 @@ class SecureChannel:
         records), which the peer's L{receive} returns as one plaintext.
         """
         out: list[bytes] = []
+        if not message:
+            return out
         session = self.current_session
         if session is None:
             if self.retry_at is not None and now < self.retry_at:
@@ -208,7 +224,7 @@ class SecureChannel:
                 or self._queued_bytes + len(message) > self.params.queue_bytes
             ):
                 self.context.counters.inc("security_packets_dropped", reason="queue-full")
-            elif message:
+            else:
                 self.queue.append(message)
                 self._queued_bytes += len(message)
             if self.pending is None:
@@ -248,6 +264,10 @@ class SecureChannel:
                 return plaintexts, to_send
         elif session is None:
             self.context.counters.inc("security_records_dropped", reason="no-session")
+            to_send.extend(session_lost_reply(header, body))
+            return plaintexts, to_send
+        if session.state is State.ESTABLISHED and rec.is_session_lost(body):
+            to_send.extend(self._on_session_lost(key, now))
             return plaintexts, to_send
         was = session.state
         pts, out = session.receive(body, now)
@@ -327,6 +347,22 @@ class SecureChannel:
         self.pending = key
         header = gen | FROM_CLIENT
         return [frame(header, d) for d in session.start()]
+
+    def _on_session_lost(self, key: SessionKey, now: float) -> list[bytes]:
+        """
+        The peer says it lost this session (it restarted): stop sending on
+        it, queue, and start a new handshake.  The hint is not
+        authenticated, so it costs at most one handshake per
+        L{SESSION_LOST_HOLDOFF_S} and never closes anything early.
+        """
+        self.context.counters.inc("security_session_lost_hints")
+        if now - self._last_lost_hint < SESSION_LOST_HOLDOFF_S or self.pending is not None:
+            return []
+        self._last_lost_hint = now
+        if self.current == key:
+            self.draining[key] = now + self.params.grace
+            self.current = None
+        return self._start_client(now)
 
     def _on_established(self, key: SessionKey, session: DtlsSession, now: float) -> list[bytes]:
         if self.pending == key:

@@ -23,6 +23,7 @@ from wow.security.channel import (
     SecureChannel,
     check_new_hello,
     frame,
+    session_lost_reply,
 )
 from wow.security.dtls import DtlsContext
 from wow.security.records import Buffer
@@ -136,7 +137,7 @@ class SessionManager:
         if channel is None:
             if not header & FROM_CLIENT:
                 self.counters.inc("security_records_dropped", reason="no-session")
-                return [], []
+                return [], session_lost_reply(header, body)
             verdict, value = check_new_hello(self.context, peer, body, now)
             if verdict == HelloVerdict.REPLY:
                 assert isinstance(value, bytes)
@@ -145,7 +146,7 @@ class SessionManager:
             if verdict == HelloVerdict.DROP:
                 assert isinstance(value, str)
                 self.counters.inc("security_records_dropped", reason=value)
-                return [], []
+                return [], session_lost_reply(header, body)
             channel = self._new_channel(peer, None)
             if channel is None:
                 return [], []

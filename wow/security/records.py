@@ -223,3 +223,14 @@ def rewrite_client_hello(
     p = hello.cookie_offset
     new_body = body[:p] + bytes([len(cookie)]) + cookie + body[p + 1 + len(hello.cookie) :]
     return _handshake_record(header.version, record_sequence, CLIENT_HELLO, message_seq, new_body)
+
+
+#: "I have no session for that": an unprotected (epoch 0) warning alert a
+#: node sends back for application data it cannot place, e.g. after it
+#: restarted.  Unauthenticated, so it only ever makes the sender start a
+#: new handshake (never tears anything down).
+SESSION_LOST = bytes([ALERT]) + DTLS1_2.to_bytes(2, "big") + bytes(8) + b"\x00\x02\x01\x5a"
+
+
+def is_session_lost(body: Buffer) -> bool:
+    return bytes(body[: len(SESSION_LOST)]) == SESSION_LOST and len(body) == len(SESSION_LOST)

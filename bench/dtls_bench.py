@@ -168,7 +168,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"DTLS 1.2 in one process, one core, seal + open per record ({results['date']})")
+    print(f"DTLS 1.2 in one process, one core, seal + open per message ({results['date']})")
     print(f"{'level':<8} {'bytes':>6} {'messages/s':>10} {'Gbps':>6} {'us/message':>10}")
     for r in rows:
         print(

@@ -233,4 +233,4 @@ SESSION_LOST = bytes([ALERT]) + DTLS1_2.to_bytes(2, "big") + bytes(8) + b"\x00\x
 
 
 def is_session_lost(body: Buffer) -> bool:
-    return bytes(body[: len(SESSION_LOST)]) == SESSION_LOST and len(body) == len(SESSION_LOST)
+    return len(body) == len(SESSION_LOST) and bytes(body) == SESSION_LOST

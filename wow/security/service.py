@@ -269,9 +269,16 @@ class SecurityService(Service):
         if manager is None:
             self.counters.inc("security_packets_dropped", reason="not-enrolled")
             return False
+        timers = False
         for datagram in manager.send(peer, message, self.reactor.seconds(), expected_ip):
             self._send_out(peer, datagram)
-        self._schedule_tick()
+            # Anything but application data (a handshake began) may bring a
+            # deadline forward; plain data never does, so the per-packet
+            # path skips the O(peers) deadline scan.
+            timers = timers or datagram[1] != 23
+        call = self._tick_call
+        if timers or call is None or not call.active():
+            self._schedule_tick()
         return True
 
     def receive(self, peer: bytes, header: int, body: Buffer) -> list[bytes]:

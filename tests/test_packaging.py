@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The daemons the wheel must register with twistd.
 DAEMONS = ["wow-node", "wow-ca"]
+DAEMONS.append("wow-dns")
 
 
 class WheelTests(TestCase):

@@ -55,7 +55,8 @@ class RouterTests(SynchronousTestCase):
         return self.counters.get("ip_dropped", reason=reason, direction=direction)
 
     def test_outbound_queues_until_lookup_then_sends(self) -> None:
-        p1, p2 = packet("10.128.0.10", "10.128.5.5", b"1"), packet("10.128.0.10", "10.128.5.5", b"2")
+        p1 = packet("10.128.0.10", "10.128.5.5", b"1")
+        p2 = packet("10.128.0.10", "10.128.5.5", b"2")
         self.router.outbound(p1, 0)
         self.router.outbound(p2, 0)
         self.assertEqual(self.lookups, [ip("10.128.5.5")])

@@ -15,3 +15,10 @@ wowCA = ServiceMaker(
     "A WOW community CA: EST enrolment bound to virtual IPs, auto/manual/LDAP approval, CRL.",
     "wow-ca",
 )
+
+wowDNS = ServiceMaker(
+    "WOW DNS",
+    "wow.dns.tap",
+    "The WOW virtual domain over DNS: host names, derived names, PTR; forwards the rest.",
+    "wow-dns",
+)

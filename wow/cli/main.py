@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "wow.cli.demo",
     "wow.cli.ca",
     "wow.cli.enroll",
+
+    "wow.cli.overlay",
     "wow.cli.security",
 ]
 

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -142,6 +143,9 @@ class DhcpServer:
         self.clock = clock
         self.counters = counters
         self._local_by_ip: dict[IPv4Address, tuple[bytes, float]] = {}
+        #: Told of every ACK (new or renewed lease) and every release or decline:
+        #: C{bound(ip, mac, lease_seconds, hostname, fqdn)} and C{ended(ip, mac)}.
+        self.lease_observers: list[Any] = []
         self._handlers: dict[int, Callable[[DhcpMessage, bool], Deferred[DhcpReply | None]]] = {
             DHCPDISCOVER: self._discover,
             DHCPREQUEST: self._request,
@@ -174,6 +178,14 @@ class DhcpServer:
         """Seed the local view from the allocator's bound leases after a restart."""
         for lease in leases:
             self._remember(lease.mac, lease.ip, lease.expires)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        """Notify the lease observers; one failing observer never breaks DHCP."""
+        for observer in self.lease_observers:
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("lease observer {observer!r} failed", observer=observer)
 
     def _remember(self, mac: bytes, ip: IPv4Address, expires: float) -> None:
         for other, (m, _) in list(self._local_by_ip.items()):
@@ -298,6 +310,7 @@ class DhcpServer:
                 self._forget(mac)
                 return self._nak(msg, "address not available")
             self._remember(mac, lease.ip, lease.expires)
+            self._tell("bound", lease.ip, mac, self.settings.lease_time, hostname or "", fqdn or "")
             self.counters.inc("dhcp_acks", state=state)
             self.log.info("DHCPACK {ip} to {mac} ({host}) state={state} lease={lease}s",
                           ip=lease.ip, mac=mac.hex(":"), host=hostname or "-", state=state,
@@ -317,6 +330,7 @@ class DhcpServer:
         def released(ok: bool) -> None:
             if ok:
                 self._forget(mac, msg.ciaddr)
+                self._tell("ended", msg.ciaddr, mac)
                 self.counters.inc("dhcp_releases")
                 self.log.info("DHCPRELEASE {ip} from {mac}", ip=msg.ciaddr, mac=mac.hex(":"))
             else:
@@ -337,6 +351,7 @@ class DhcpServer:
         def declined(ok: bool) -> None:
             if ok:
                 self._forget(mac, requested)
+                self._tell("ended", requested, mac)
                 self.counters.inc("dhcp_declines")
                 self.log.warn("DHCPDECLINE {ip} from {mac}: address quarantined",
                               ip=requested, mac=mac.hex(":"))

@@ -12,10 +12,10 @@ masquerade has chosen the port; symmetric uses fully random masquerading.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class NatKind(str, Enum):
+class NatKind(StrEnum):
     """The kinds of router a site can sit behind (RFC 4787 terms)."""
 
     PUBLIC = "public"  # no NAT: the host sits on the internet

@@ -44,6 +44,7 @@ class Lab:
         self.links: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: dict[int, str] = {}
+        self.etc_netns: list[str] = []
         self.workdir = os.path.join("/tmp", f"wowlab-{self.prefix}")
         os.makedirs(self.workdir, exist_ok=True)
 
@@ -82,6 +83,19 @@ class Lab:
 
     def addr(self, ns: str | None, dev: str, cidr: str) -> None:
         self.ns_run(ns, "ip", "addr", "add", cidr, "dev", dev)
+
+    def resolv_conf(self, ns: str, text: str = "") -> str:
+        """
+        Give C{ns} its own /etc/resolv.conf (ip netns exec bind-mounts
+        /etc/netns/NS/resolv.conf over it); return the file's path.
+        """
+        directory = os.path.join("/etc/netns", ns)
+        os.makedirs(directory, exist_ok=True)
+        self.etc_netns.append(directory)
+        path = os.path.join(directory, "resolv.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
 
     # -- running ----------------------------------------------------------
 
@@ -189,6 +203,8 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for link in self.links:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
+        for directory in self.etc_netns:
+            shutil.rmtree(directory, ignore_errors=True)
         keep = os.environ.get("WOW_KEEP_LAB_LOGS")
         if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 Endpoint = tuple[str, int]
 
@@ -25,7 +25,7 @@ OBSERVATION_TTL_S = 600.0
 MAX_PEERS = 64
 
 
-class Mapping(str, Enum):
+class Mapping(StrEnum):
     UNKNOWN = "unknown"  # fewer than two destinations observed
     NONE = "none"  # not behind a NAT: reflexive == local
     ENDPOINT_INDEPENDENT = "endpoint-independent"
@@ -126,7 +126,7 @@ class NatObserver:
         if len(ips) != 1:
             return []
         ports = [o.reflexive[1] for o in obs]
-        deltas = {b - a for a, b in zip(ports, ports[1:])}
+        deltas = {b - a for a, b in zip(ports, ports[1:], strict=False)}
         if len(deltas) != 1:
             return []
         (delta,) = deltas

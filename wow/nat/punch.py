@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 Endpoint = tuple[str, int]
 
@@ -41,13 +41,13 @@ BIRTHDAY_ROUNDS = 3
 EPHEMERAL = (1024, 65535)
 
 
-class State(str, Enum):
+class State(StrEnum):
     PUNCHING = "punching"
     DIRECT = "direct"
     RELAYED = "relayed"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     PLAIN = "plain"
     #: we are behind the symmetric NAT: send from many fresh sockets
     BIRTHDAY_OPENER = "birthday-opener"
@@ -72,7 +72,8 @@ def usable(endpoint: Endpoint) -> bool:
         return False
     if not 0 < port < 65536:
         return False
-    return not (ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255")
+    broadcast = ipaddress.IPv4Address("255.255.255.255")
+    return not (ip.is_multicast or ip.is_unspecified or ip == broadcast
                 or ip.is_reserved)
 
 

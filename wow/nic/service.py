@@ -63,6 +63,8 @@ class NicService(Service):
         self.port: TapPort | None = None
         self.server: DhcpServer | None = None
         self.dispatcher: FrameDispatcher | None = None
+        #: Told of lease events by the DHCP server (see DhcpServer.lease_observers).
+        self.lease_observers: list[Any] = []
 
     # -- start-up ---------------------------------------------------------
 
@@ -110,7 +112,8 @@ class NicService(Service):
         if self.allocator is None:
             self.allocator = self._local_allocator()
         settings = self._settings()
-        self.server = DhcpServer(settings, self.allocator, self.reactor, self.counters)
+        self.server = self._dhcp_front(settings)
+        self.server.lease_observers = self.lease_observers
         maybeDeferred(self.allocator.leases).addCallback(self.server.restore).addErrback(
             lambda f: self.log.failure("restoring leases failed", f))
         arp = ArpResponder(self.router_mac, settings.network, settings.server_ip,
@@ -127,6 +130,11 @@ class NicService(Service):
             gw=settings.server_ip, rmac=self.router_mac.hex(":"),
             hmac=(self.host_mac or b"").hex(":"),
         )
+
+    def _dhcp_front(self, settings: ServerSettings) -> DhcpServer:
+        """What answers DHCP on the TAP (the relay mode puts its agent here)."""
+        assert self.allocator is not None
+        return DhcpServer(settings, self.allocator, self.reactor, self.counters)
 
     def _frame_received(self, frame: bytes) -> None:
         assert self.dispatcher is not None

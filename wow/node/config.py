@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wow.ca.config import NodeCaSection
+from wow.dns.config import NodeDnsSection
 from wow.util.config import ConfigError, build, load_toml
 
 #: Linux IFNAMSIZ is 16 including the terminating NUL.
@@ -59,6 +60,8 @@ class TapSection:
     mtu: int = DEFAULT_TAP_MTU
     #: The MAC the node answers ARP with (the virtual router); empty = derived.
     router_mac: str = ""
+    #: false = an overlay-only node (a pure bootstrap/relay node): no TAP.
+    enabled: bool = True
 
     def validate(self) -> None:
         if not self.name or len(self.name) > MAX_IFNAME:
@@ -86,7 +89,8 @@ class NetworkSection:
         try:
             net = ipaddress.IPv4Network(self.subnet, strict=True)
         except ValueError as e:
-            raise ConfigError(f"network.subnet {self.subnet!r} is not a valid subnet: {e}") from None
+            raise ConfigError(
+                f"network.subnet {self.subnet!r} is not a valid subnet: {e}") from None
         if net.prefixlen > 30:
             raise ConfigError(f"network.subnet {self.subnet} is too small (at most /30)")
         try:
@@ -112,8 +116,9 @@ class NetworkSection:
 class DhcpSection:
     """[dhcp]: the DHCP server that answers the host's own DHCP client."""
 
-    #: "local": leases from a pool kept in the state dir (this issue);
-    #: later modes plug in behind the same allocator interface.
+    #: "local": leases from a pool kept in the state dir; "dht": leases
+    #: claimed in the overlay's DHT (decentralised); "relay": the host's DHCP
+    #: messages relayed (RFC 3046) to one central DHCP server (C{server}).
     mode: str = "local"
     lease_time: int = 3600
     #: First and last address handed out; empty = the whole subnet.
@@ -122,13 +127,31 @@ class DhcpSection:
     #: DNS servers given in option 6; empty = the virtual gateway.
     dns_servers: tuple[str, ...] = ()
 
-    MODES = ("local",)
+    #: Relay mode: the DHCP server's address: a virtual IP over the overlay,
+    #: an underlay address with C{relay_transport = "udp"}.
+    server: str = ""
+    #: Relay mode: how relayed messages travel: "overlay" (to the node that
+    #: holds C{server}) or "udp" (plain UDP on the underlay, port 67).
+    relay_transport: str = "overlay"
+
+    MODES = ("local", "dht", "relay")
+    RELAY_TRANSPORTS = ("overlay", "udp")
 
     def validate(self) -> None:
         if self.mode not in self.MODES:
             raise ConfigError(
                 f"dhcp.mode {self.mode!r} is not one of {', '.join(self.MODES)}"
             )
+        if self.relay_transport not in self.RELAY_TRANSPORTS:
+            raise ConfigError(f"dhcp.relay_transport {self.relay_transport!r} is not one of "
+                              f"{', '.join(self.RELAY_TRANSPORTS)}")
+        if self.mode == "relay" and not self.server:
+            raise ConfigError('dhcp.mode "relay" needs dhcp.server, the DHCP server\'s address')
+        if self.server:
+            try:
+                ipaddress.IPv4Address(self.server)
+            except ValueError:
+                raise ConfigError(f"dhcp.server {self.server!r} is not an IPv4 address") from None
         # 10 s is far below any sensible production value, but lets tests
         # watch a real client renew.
         if not 10 <= self.lease_time <= 7 * 24 * 3600:
@@ -144,7 +167,8 @@ class DhcpSection:
             try:
                 ipaddress.IPv4Address(server)
             except ValueError:
-                raise ConfigError(f"dhcp.dns_servers entry {server!r} is not an IPv4 address") from None
+                raise ConfigError(
+                    f"dhcp.dns_servers entry {server!r} is not an IPv4 address") from None
 
 
 def _check_bootstrap(url: str) -> None:
@@ -167,17 +191,55 @@ class OverlaySection:
     interface: str = ""
     #: Nodes to join through, as udp://HOST:PORT; empty = start a new ring.
     bootstrap: tuple[str, ...] = ()
+    #: Seconds between keepalives on an otherwise silent link (NAT mappings).
+    keepalive: float = 15.0
+    #: Seconds of silence after which a link is declared dead.
+    dead_after: float = 45.0
+    #: Near neighbours kept on each side of the ring.
+    near: int = 2
+    #: Hops a routed message may take.
+    ttl: int = 64
+    #: Seconds between neighbour-list exchanges with the near neighbours.
+    stabilize: float = 10.0
+    #: Seconds between lookups of the Chord shortcut targets.
+    finger_refresh: float = 300.0
+    #: DHT: nodes each value is stored on (the k closest to its key).
+    replicas: int = 3
+    #: DHT: largest value in bytes.
+    dht_max_value: int = 1024
+    #: DHT: longest TTL in seconds.
+    dht_max_ttl: int = 604800
 
     def validate(self) -> None:
         if not 0 <= self.listen <= 65535:
             raise ConfigError(f"overlay.listen {self.listen} is not a UDP port number")
+        if not 0.2 <= self.keepalive <= 300:
+            raise ConfigError(f"overlay.keepalive {self.keepalive} must be between 0.2 and 300 s")
+        if not self.keepalive < self.dead_after <= 3600:
+            raise ConfigError(
+                f"overlay.dead_after {self.dead_after} must be above overlay.keepalive "
+                "and at most 3600 s"
+            )
+        if not 2 <= self.near <= 8:
+            raise ConfigError(f"overlay.near {self.near} must be between 2 and 8")
+        if not 8 <= self.ttl <= 255:
+            raise ConfigError(f"overlay.ttl {self.ttl} must be between 8 and 255")
+        if not 1 <= self.stabilize <= 3600 or not 10 <= self.finger_refresh <= 86400:
+            raise ConfigError("overlay.stabilize or overlay.finger_refresh is out of range")
+        if not 1 <= self.replicas <= 9:
+            raise ConfigError(f"overlay.replicas {self.replicas} must be between 1 and 9")
+        if not 1 <= self.dht_max_value <= 1200:
+            raise ConfigError(f"overlay.dht_max_value {self.dht_max_value} must be 1 to 1200")
+        if not 1 <= self.dht_max_ttl <= 30 * 86400:
+            raise ConfigError(f"overlay.dht_max_ttl {self.dht_max_ttl} must be 1 to 2592000")
         for url in self.bootstrap:
             _check_bootstrap(url)
         if self.interface:
             try:
                 ipaddress.ip_address(self.interface)
             except ValueError:
-                raise ConfigError(f"overlay.interface {self.interface!r} is not an IP address") from None
+                raise ConfigError(
+                    f"overlay.interface {self.interface!r} is not an IP address") from None
 
 
 @dataclass(frozen=True)
@@ -289,6 +351,7 @@ class NodeConfig:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     web: WebSection = field(default_factory=WebSection)
     ca: NodeCaSection = field(default_factory=NodeCaSection)
+    dns: NodeDnsSection = field(default_factory=NodeDnsSection)
     security: SecuritySection = field(default_factory=SecuritySection)
 
     def validate(self) -> None:
@@ -297,6 +360,12 @@ class NodeConfig:
             value = getattr(self.dhcp, key)
             if value and ipaddress.IPv4Address(value) not in net:
                 raise ConfigError(f"dhcp.{key} {value} is outside network.subnet {net}")
+        if self.dhcp.mode == "relay" and self.dhcp.relay_transport == "overlay":
+            server = ipaddress.IPv4Address(self.dhcp.server)
+            if server not in net or server in (net.network_address, net.broadcast_address,
+                                               self.network.gateway_address):
+                raise ConfigError(f"dhcp.server {server} must be a virtual host address of {net} "
+                                  "(other than the gateway) when relaying over the overlay")
         if self.dhcp.pool_start and self.dhcp.pool_end:
             if ipaddress.IPv4Address(self.dhcp.pool_start) > ipaddress.IPv4Address(
                 self.dhcp.pool_end
@@ -310,7 +379,8 @@ class NodeConfig:
         return self.control.socket or os.path.join(self.node.state_dir, "control.sock")
 
 
-def load_node_config(path: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
+def load_node_config(path: str | None,
+                     overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
     """
     Load and validate a node configuration.
 

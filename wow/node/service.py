@@ -13,9 +13,12 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
+from wow.dhcp.dhtclient import OverlayDhtClient
+from wow.dhcp.modes import nic_service_for
 from wow.metrics import Counters
 from wow.nic.service import NicService
 from wow.node.config import NodeConfig
+from wow.node.sink import DnsLeaseObserver, NodeSink
 from wow.node.status import StatusBoard
 from wow.util.durable import ensure_private_directory
 from wow.util.fatal import fatal
@@ -35,19 +38,45 @@ class NodeService(MultiService):
         self.control = ControlService(reactor, config.control_socket)
         self.control.setServiceParent(self)
         self.status = StatusBoard(reactor, self.counters)
-        self.control.register("status", self.status.status)
         self.control.register("counters", self.status.counters_snapshot)
-        self.nic = NicService(config, reactor, self.counters)
-        self.nic.setServiceParent(self)
-        self.control.register("leases", self.nic.leases)
-        self.status.contribute("nic", self.nic.status)
-        self.enroller = None
-        if config.ca.url:
-            from wow.ca.client import node_enroller
+        # The overlay: one UDP port, the ring and the DHT (docs/architecture.md).
+        from wow.overlay.service import OverlayService
 
-            self.enroller = node_enroller(config, reactor, self.nic.host_ip)
-            if self.enroller is not None:
-                self.enroller.setServiceParent(self)
+        self.overlay = OverlayService(config, reactor, self.counters)
+        self.overlay.setServiceParent(self)
+        self.overlay.register_control(self.control)
+        # One status command for every part (the overlay's own registration
+        # of "status" is folded into the board).
+        self.status.contribute("overlay", lambda: self.overlay.control_status({}))
+        self.control.register("status", self.status.status)
+        self.dns = None
+        self.nic: NicService | None = None
+        self.enroller = None
+        if config.tap.enabled:  # false: an overlay-only node
+            if config.dns.enabled:
+                from wow.dns.service import NodeDns
+
+                self.dns = NodeDns(config.network, config.dns, reactor, self.counters,
+                                   host_name=config.node.name)
+                self.dns.setServiceParent(self)
+            self.sink = NodeSink(config.network.gateway_address, self.counters,
+                                 self._mac_of, self._write_to_host, dns=self.dns)
+            # After the overlay, so the NIC stops first (DHT claims released
+            # while the DHT still answers).
+            self.nic = nic_service_for(config, reactor, self.counters,
+                                       dht=OverlayDhtClient(lambda: self.overlay.dht),
+                                       overlay=self.overlay, sink=self.sink)
+            self.nic.setServiceParent(self)
+            if self.dns is not None:
+                self.nic.lease_observers.append(DnsLeaseObserver(self.dns))
+            self.control.register("leases", self.nic.leases)
+            self.status.contribute("nic", self.nic.status)
+            if config.ca.url:
+                from wow.ca.client import node_enroller
+
+                self.enroller = node_enroller(config, reactor, self.nic.host_ip)
+                if self.enroller is not None:
+                    self.enroller.setServiceParent(self)
         if config.metrics.listen:
             from wow.prometheus import metrics_service
 
@@ -58,6 +87,13 @@ class NodeService(MultiService):
 
             web_service(reactor, self.control.factory.handlers, config.web.listen
                         ).setServiceParent(self)
+
+    def _mac_of(self, ip: bytes) -> bytes | None:
+        return self.nic.mac_of(ip) if self.nic is not None else None
+
+    def _write_to_host(self, mac: bytes, packet: bytes) -> None:
+        if self.nic is not None:
+            self.nic.write_to_host(mac, packet)
 
     def privilegedStartService(self) -> None:
         # Children's known start-up failures (not root, no /dev/net/tun, ...)

@@ -115,7 +115,8 @@ class AddressCache:
                 return Outcome.TOO_MANY_PENDING, None
             pending = self._pending[ip] = _Pending()
             outcome = Outcome.QUEUED_NEW_LOOKUP
-        if len(pending.packets) >= MAX_QUEUED_PACKETS or pending.size + len(packet) > MAX_QUEUED_BYTES:
+        if (len(pending.packets) >= MAX_QUEUED_PACKETS
+                or pending.size + len(packet) > MAX_QUEUED_BYTES):
             return Outcome.QUEUE_FULL, None
         pending.packets.append(packet)
         pending.size += len(packet)

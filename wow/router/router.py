@@ -18,7 +18,7 @@ functions and is fed the time and the lookups' answers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Protocol
 
 from twisted.logger import Logger

@@ -1,0 +1,270 @@
+"""
+The Twisted adapter of the overlay: one unconnected UDP port and a timer.
+
+Everything interesting happens in L{OverlayNode}; this service loads the
+node's key, opens the port, feeds datagrams and time to the node, writes
+what it sends, and offers the Python API other parts of wow-node use
+(C{dht}, C{send_to}, C{register_handler}, C{add_observer}) plus the control
+commands behind C{wow status}, C{wow peers} and C{wow dht}.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from wow import __version__
+from wow.metrics import Counters
+from wow.overlay import address as A
+from wow.overlay import wire as W
+from wow.overlay.dht import Dht, DhtError
+from wow.overlay.identity import IdentityError, NodeIdentity
+from wow.overlay.link import Endpoint, Link
+from wow.overlay.node import Delivery, OverlayNode, OverlayParams
+from wow.util.fatal import fatal
+
+TICK = 0.1
+
+
+def params_from_config(overlay: Any) -> OverlayParams:
+    """The core's parameters from the validated C{[overlay]} section."""
+    return OverlayParams(
+        keepalive=overlay.keepalive,
+        dead_after=overlay.dead_after,
+        probe=min(overlay.keepalive, max(0.2, overlay.keepalive / 3)),
+        near=overlay.near,
+        ttl=overlay.ttl,
+        stabilize=overlay.stabilize,
+        finger_refresh=overlay.finger_refresh,
+        trim_grace=max(4 * overlay.keepalive, 10.0),
+        replicas=overlay.replicas,
+        dht_max_value=overlay.dht_max_value,
+        dht_max_ttl=overlay.dht_max_ttl,
+    )
+
+
+def parse_bootstrap(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None  # validated by config
+    return parts.hostname, parts.port
+
+
+class _Protocol(DatagramProtocol):
+    def __init__(self, service: OverlayService) -> None:
+        self.service = service
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.service.received(data, (addr[0], addr[1]))
+
+
+class OverlayService(Service):
+    """Runs one L{OverlayNode} on a UDP port under the reactor."""
+
+    log = Logger()
+    name = "overlay"
+
+    def __init__(self, config: Any, reactor: Any, counters: Counters | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.counters = counters if counters is not None else Counters()
+        self.node: OverlayNode | None = None
+        self.port: Any = None
+        self._loop: LoopingCall | None = None
+        self._handlers: dict[int, Callable[[Delivery], None]] = {}
+        self._observers: list[Callable[[str, Link], None]] = []
+
+    # -- the API other parts use --------------------------------------------
+
+    @property
+    def dht(self) -> Dht:
+        """put/create/get/delete, each returning a Deferred."""
+        if self.node is None:
+            raise RuntimeError("the overlay is not running")
+        return self.node.dht
+
+    def send_to(self, address: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
+        if self.node is None:
+            return False
+        return self.node.send_to(address, kind, payload, mode)
+
+    def register_handler(self, kind: int, handler: Callable[[Delivery], None]) -> None:
+        self._handlers[kind] = handler
+        if self.node is not None:
+            self.node.register_handler(kind, handler)
+
+    def add_observer(self, observer: Callable[[str, Link], None]) -> None:
+        """C{observer("up"|"down", link)} on every link change."""
+        self._observers.append(observer)
+        if self.node is not None:
+            self.node.add_observer(observer)
+
+    @property
+    def address(self) -> int | None:
+        return self.node.me if self.node is not None else None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        cfg = self.config.overlay
+        try:
+            identity = NodeIdentity.load_or_create(self.config.node.state_dir)
+        except (IdentityError, OSError) as e:
+            fatal("wow-node", str(e))
+        interface = cfg.interface or ""
+        try:
+            self.port = self.reactor.listenUDP(cfg.listen, _Protocol(self), interface=interface)
+        except CannotListenError as e:
+            fatal("wow-node", f"cannot listen on UDP port {cfg.listen}: {e.socketError}")
+        local_port = self.port.getHost().port
+        self.node = node = OverlayNode(
+            identity,
+            send=self._send,
+            clock=self.reactor.seconds,
+            params=params_from_config(cfg),
+            counters=self.counters,
+            version=__version__,
+        )
+        if interface:
+            node.local_endpoint = (interface, local_port)
+        for kind, handler in self._handlers.items():
+            node.register_handler(kind, handler)
+        for obs in self._observers:
+            node.add_observer(obs)
+        node.add_observer(self._log_link)
+        node.start()
+        for url in cfg.bootstrap:
+            host, port = parse_bootstrap(url)
+            self._add_bootstrap(host, port)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.reactor
+        self._loop.start(TICK, now=False)
+        self.log.info(
+            "overlay ready: address {address} on UDP port {port}",
+            address=A.to_text(node.me), port=local_port,
+        )
+
+    def _add_bootstrap(self, host: str, port: int) -> None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            d = self.reactor.resolve(host)
+            d.addCallbacks(
+                lambda ip: self._add_bootstrap(ip, port),
+                lambda f: self.log.warn("cannot resolve bootstrap {host}: {e}", host=host,
+                                        e=f.getErrorMessage()),
+            )
+            return
+        assert self.node is not None
+        ep = (host, port)
+        self.node.bootstrap.append(ep)
+        self.node.dial(ep, None, owned=True)
+
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self.node is not None:
+            self.node.stop()
+        if self.port is not None:
+            d = self.port.stopListening()
+            self.port = None
+            return d
+        return None
+
+    # -- I/O ------------------------------------------------------------------
+
+    def received(self, data: bytes, addr: Endpoint) -> None:
+        if self.node is not None:
+            self.node.datagram_received(data, addr, self.reactor.seconds())
+
+    def _tick(self) -> None:
+        if self.node is not None:
+            self.node.tick(self.reactor.seconds())
+
+    def _send(self, data: bytes, addr: Endpoint) -> None:
+        if self.port is None:
+            return
+        try:
+            self.port.write(data, addr)
+        except MessageLengthError:
+            self.counters.inc("overlay_dropped", reason="oversized-send")
+        except OSError as e:
+            # Refused ports and unreachable hosts are normal in a P2P network:
+            # peers are declared dead by silence, never by a send error.
+            if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self.log.warn("overlay send to {addr} failed: {e}", addr=addr, e=e)
+            self.counters.inc("overlay_send_errors", reason=errno.errorcode.get(e.errno or 0, "?"))
+
+    def _log_link(self, event: str, link: Link) -> None:
+        self.log.info("overlay link {event}: {peer} at {ip}:{port}", event=event,
+                      peer=A.to_text(link.address), ip=link.endpoint[0], port=link.endpoint[1])
+
+    # -- control commands -------------------------------------------------------
+
+    def register_control(self, control: Any) -> None:
+        from wow.control.status import add_status_section
+
+        add_status_section(control, "overlay", self.control_status)
+        control.register("peers", self.control_peers)
+        for op in ("get", "put", "create", "delete"):
+            control.register(f"dht.{op}", lambda args, op=op: self.control_dht(op, args))
+
+    def control_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.node is None:
+            return {"running": False}
+        out = self.node.status(self.reactor.seconds())
+        out["running"] = True
+        out["dropped"] = {
+            ",".join(f"{k}={v}" for k, v in labels.items()): value
+            for labels, value in self.counters.series("overlay_dropped")
+        }
+        return out
+
+    def control_peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.node is None:
+            return []
+        return self.node.peers_info(self.reactor.seconds())
+
+    def control_dht(self, op: str, args: dict[str, Any]) -> Deferred[Any]:
+        from wow.control.server import CommandError
+
+        key = args.get("key")
+        value = args.get("value", "")
+        ttl = args.get("ttl", 3600)
+        if not isinstance(key, str) or not isinstance(value, str) or not isinstance(ttl, int):
+            raise CommandError("dht commands take a string key, a string value and an integer ttl")
+        dht = self.dht
+        try:
+            if op == "get":
+                d = dht.get(key.encode())
+            elif op == "put":
+                d = dht.put(key.encode(), value.encode(), ttl)
+            elif op == "create":
+                d = dht.create(key.encode(), value.encode(), ttl)
+            else:
+                d = dht.delete(key.encode(), value.encode())
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+
+        def done(result: Any) -> Any:
+            if op != "get":
+                return {"ok": True}
+            return [{"value": v.value.decode(errors="replace"), "owner": A.to_text(v.owner),
+                     "ttl_s": v.ttl_left} for v in result]
+
+        def failed(f: Any) -> None:
+            f.trap(DhtError)
+            raise CommandError(f"dht {op} failed: {f.value.reason}")
+
+        return d.addCallbacks(done, failed)

@@ -100,6 +100,13 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(pair.sctx.counters.get("security_hello_verify_sent"), 1)
         self.assertEqual(pair.client.info()["state"], "established")
 
+    def test_overlay_uri_forms(self) -> None:
+        from wow.security.verify import overlay_uri
+
+        self.assertEqual(overlay_uri(ADDR_B), "urn:wow:node:" + "22" * 20)
+        self.assertEqual(overlay_uri(int.from_bytes(ADDR_B, "big")), overlay_uri(ADDR_B))
+        self.assertEqual(overlay_uri(1), "urn:wow:node:" + "0" * 39 + "1")
+
     def test_rsa_key(self) -> None:
         pair = Pair(pki().a_rsa)
         pair.handshake()

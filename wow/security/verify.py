@@ -40,8 +40,13 @@ OPENSSL_REASONS = {
 }
 
 
-def overlay_uri(address: bytes) -> str:
-    """The URI SAN naming the overlay address C{address}."""
+def overlay_uri(address: bytes | int) -> str:
+    """
+    The URI SAN naming an overlay address (20 bytes, or the overlay's int):
+    C{urn:wow:node:} and 40 lowercase hex digits, never C{wow:...} text.
+    """
+    if isinstance(address, int):
+        return f"{OVERLAY_URI_PREFIX}{address:040x}"
     return OVERLAY_URI_PREFIX + address.hex()
 
 

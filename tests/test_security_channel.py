@@ -449,3 +449,61 @@ class LossyRekeyTests(SynchronousTestCase):
             + b.counters.get("security_handshake_retransmits"),
             0,
         )
+
+
+class MeshTests(SynchronousTestCase):
+    def test_mesh_with_loss_rekeys_and_a_revocation(self) -> None:
+        """Eight nodes all-to-all over a lossy link, rekeying; one is revoked mid-run."""
+        import random
+
+        from tests.pki import node_cert
+
+        p = pki()
+        revoked = RevokedSerials()
+        net = Net(ChannelParams(rekey_packets=10, grace=5))
+        nodes = []
+        for i in range(8):
+            addr = bytes([0x40 + i]) * 20
+            ip = f"10.128.1.{i + 1}"
+            ident = node_cert(p.ca, ip, addr)
+            net.add(addr, ident, revoked)
+            nodes.append((addr, ip, ident))
+        rng = random.Random(7)
+        net.drop = lambda s, d: rng.random() < 0.05
+
+        def round_trip(label: str) -> None:
+            for src, _, _ in nodes:
+                for dst, dst_ip, _ in nodes:
+                    if src != dst:
+                        net.send(src, dst, f"{label} {src[0]:x}>{dst[0]:x}".encode(), dst_ip)
+            net.advance(0.5)
+
+        for r in range(12):
+            round_trip(f"r{r}")
+        for _ in range(10):
+            net.advance(1.0)
+        victim, _, victim_id = nodes[3]
+        serial = victim_id.cert.serial_number
+        revoked.replace(frozenset({serial}))
+        for addr, _, _ in nodes:
+            for peer, datagram in net.nodes[addr].revoke({serial}):
+                net.deliver(addr, peer, [datagram])
+        net.drop = None
+        for box in net.inbox.values():
+            box.clear()
+        round_trip("final")
+        for _ in range(6):
+            net.advance(1.0)
+        round_trip("again")
+        for dst, _, _ in nodes:
+            got = set(net.inbox[dst])
+            for src, _, _ in nodes:
+                if src == dst:
+                    continue
+                message = f"again {src[0]:x}>{dst[0]:x}".encode()
+                if victim in (src, dst):
+                    self.assertNotIn(message, got)
+                else:
+                    self.assertIn(message, got)
+        handshakes = sum(n.counters.get("security_handshakes") for n in net.nodes.values())
+        self.assertGreater(handshakes, 2 * 2 * 28)  # 28 pairs, both ends, and rekeys

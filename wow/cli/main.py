@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "wow.cli.enroll",
 
     "wow.cli.overlay",
+    "wow.cli.security",
 ]
 
 EXIT_OK = 0

@@ -282,6 +282,64 @@ class WebSection:
         _check_listen(self.listen, "web.listen")
 
 
+def _check_ip_or_subnet(where: str, value: str) -> None:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except ValueError:
+        raise ConfigError(f"{where} {value!r} is not an IPv4 address or subnet") from None
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """
+    [security]: end-to-end DTLS 1.2 between nodes (wow/security/) and who
+    may talk in clear.  The node's certificate, key and CA are the files
+    C{wow enroll} keeps in the state directory (host.pem, host.key, ca.pem).
+    """
+
+    #: false = every packet travels in clear (a WOW without a CA).
+    enabled: bool = True
+    #: Subnets whose traffic must be secured; [] = the whole network.subnet.
+    secure_subnets: tuple[str, ...] = ()
+    #: Public nodes (addresses or subnets) any node may reach in clear.
+    public_nodes: tuple[str, ...] = ()
+    #: Refuse peer certificates that name no overlay address (URI SAN).
+    require_overlay_uri: bool = False
+    #: Where the CA publishes its DER CRL; "" = CA_URL/crl when [ca] url is
+    #: set, else only CRLs pushed over the overlay.
+    crl_url: str = ""
+    #: Longest wait between CRL fetches, whatever the CRL's nextUpdate says.
+    crl_refresh: int = 3600
+    #: A session is replaced by a fresh handshake after this many seconds...
+    rekey_interval: int = 3600
+    #: ...or after carrying this many bytes or packets (both directions).
+    rekey_bytes: int = 64 * 2**30
+    rekey_packets: int = 2**32
+    #: A handshake that has not finished by then is given up.
+    handshake_timeout: int = 30
+    #: Half-open (not yet established) handshakes held at once (one per peer).
+    max_half_open: int = 64
+
+    def validate(self) -> None:
+        for i, value in enumerate(self.secure_subnets):
+            _check_ip_or_subnet(f"security.secure_subnets[{i}]", value)
+        for i, value in enumerate(self.public_nodes):
+            _check_ip_or_subnet(f"security.public_nodes[{i}]", value)
+        if self.crl_url and urlsplit(self.crl_url).scheme not in ("http", "https"):
+            raise ConfigError(f"security.crl_url {self.crl_url!r} must be an http or https URL")
+        for key, low, high in (
+            ("crl_refresh", 30, 7 * 86400),
+            ("rekey_interval", 60, 7 * 86400),
+            ("rekey_bytes", 2**20, 2**48),
+            ("rekey_packets", 1024, 2**48),
+            ("handshake_timeout", 5, 600),
+            ("max_half_open", 1, 65536),
+        ):
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ConfigError(f"security.{key} {value} must be between {low} and {high}")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """The whole validated configuration of one C{wow-node}."""
@@ -296,6 +354,7 @@ class NodeConfig:
     web: WebSection = field(default_factory=WebSection)
     ca: NodeCaSection = field(default_factory=NodeCaSection)
     dns: NodeDnsSection = field(default_factory=NodeDnsSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
 
     def validate(self) -> None:
         net = self.network.network

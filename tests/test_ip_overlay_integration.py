@@ -81,7 +81,7 @@ class Node:
 
 class IpOverOverlayTests(SynchronousTestCase):
     def setUp(self) -> None:
-        reason = skip_reason("dhclient", "ping", "iperf3")
+        reason = skip_reason("dhclient", "ping", "iperf3", "dig")
         if reason:
             raise self.skipTest(reason)
         self.lab = Lab(tag="I")
@@ -116,6 +116,22 @@ class IpOverOverlayTests(SynchronousTestCase):
                     self.lab.wait_until(lambda a=a, ip=ip: self.ping(a, ip, 1), timeout=20,
                                         what=f"ping {a.index} -> {ip}")
                     self.assertTrue(self.ping(a, ip, 3))
+
+        # names live in the DHT: each node resolves the others' host names
+        # (dhclient sends host-name "wowdemo": the first claimant keeps it, the
+        # others keep their derived names)
+        for a in self.nodes:
+            for ip in ips:
+                derived = "c" + ip.replace(".", "-") + ".wow"
+                self.lab.wait_until(
+                    lambda a=a, derived=derived, ip=ip: ip in a.run(
+                        "dig", "+short", derived, "@10.128.0.1", check=False).stdout.decode(),
+                    timeout=20, what=f"{derived} from node {a.index}")
+        owners = [a.run("dig", "+short", "wowdemo.wow", "@10.128.0.1").stdout.decode().split()
+                  for a in self.nodes]
+        self.assertEqual(len({tuple(o) for o in owners}), 1, owners)
+        self.assertEqual(len(owners[0]), 1)
+        self.assertIn(owners[0][0], ips)
 
         # TCP and UDP with iperf3 between two sites
         server = self.lab.spawn(self.nodes[2].ns, ["iperf3", "-s", "-B", ips[2], "-1"],

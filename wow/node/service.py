@@ -56,7 +56,14 @@ class NodeService(MultiService):
             if config.dns.enabled:
                 from wow.dns.service import NodeDns
 
-                self.dns = NodeDns(config.network, config.dns, reactor, self.counters,
+                # Names follow leases: in the overlay's DHT when leases are
+                # (any node can answer), in this node's memory otherwise.
+                kv = None
+                if config.dhcp.mode != "local":
+                    from wow.dns.dht import DhtAtomicStore
+
+                    kv = DhtAtomicStore(OverlayDhtClient(lambda: self.overlay.dht))
+                self.dns = NodeDns(config.network, config.dns, reactor, self.counters, kv=kv,
                                    host_name=config.node.name)
                 self.dns.setServiceParent(self)
             self.sink = NodeSink(config.network.gateway_address, self.counters,

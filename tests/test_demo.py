@@ -41,13 +41,13 @@ class DemoTests(SynchronousTestCase):
         return prefix
 
     def test_duration(self) -> None:
-        result = subprocess.run([*WOW, "demo", "--duration", "0.5"], capture_output=True,
+        result = subprocess.run([*WOW, "demo", "--single", "--duration", "0.5"], capture_output=True,
                                 text=True, timeout=120, cwd=HERE)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.check_output(result.stdout)
 
     def test_ctrl_c_tears_down(self) -> None:
-        proc = subprocess.Popen([*WOW, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen([*WOW, "demo", "--single"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, cwd=HERE)
         assert proc.stdout is not None
         lines = []
@@ -69,3 +69,48 @@ class DemoTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
         self.assertIn("must run as root", result.stderr)
+
+
+class WanDemoTests(SynchronousTestCase):
+    """The README's main command: the multi-site demo, end to end."""
+
+    if SKIP:
+        skip = SKIP
+
+    def test_demo_runs_and_leaves_nothing(self) -> None:
+        result = subprocess.run([*WOW, "demo", "--duration", "0"], capture_output=True,
+                                text=True, timeout=400, cwd=HERE)
+        out = result.stdout
+        self.assertEqual(result.returncode, 0, out + result.stderr)
+        for name in ("pub", "a1", "a2", "b1", "b2"):
+            self.assertRegex(out, rf"{name}: dhclient got 10\.128\.\d+\.\d+")
+            self.assertRegex(out, rf"{name}: {name}\.wow resolves to")
+        for name in ("a1", "a2", "b1", "b2"):
+            self.assertRegex(out, rf"{name}: certificate from wow-ca installed")
+        self.assertEqual(out.count(", 0% packet loss"), 4, out)
+        self.assertRegex(out, r"iperf3 a1 → b1\.wow: \d+ Mbit/s")
+        match = re.search(r"nothing left behind \(prefix (d[0-9a-f]{5})\)", out)
+        assert match is not None, out
+        self.assertEqual(leftovers(match.group(1)), [])
+
+    def test_keep_then_down(self) -> None:
+        result = subprocess.run([*WOW, "demo", "--keep"], capture_output=True, text=True,
+                                timeout=400, cwd=HERE)
+        self.addCleanup(subprocess.run, [*WOW, "demo", "down"], capture_output=True, cwd=HERE)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("wow demo shell a1", result.stdout)
+        match = re.search(r"namespaces (d[0-9a-f]{5})\*", result.stdout)
+        assert match is not None, result.stdout
+        prefix = match.group(1)
+        self.assertNotEqual(leftovers(prefix), [])
+        inside = subprocess.run(["ip", "netns", "exec", f"{prefix}s1h1", "getent", "hosts",
+                                 "b2.wow"], capture_output=True, text=True)
+        self.assertRegex(inside.stdout, r"10\.128\.\d+\.\d+\s+b2\.wow")
+        down = subprocess.run([*WOW, "demo", "down"], capture_output=True, text=True,
+                              timeout=60, cwd=HERE)
+        self.assertEqual(down.returncode, 0, down.stderr)
+        self.assertEqual(leftovers(prefix), [])
+        again = subprocess.run([*WOW, "demo", "down"], capture_output=True, text=True,
+                               timeout=60, cwd=HERE)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("no kept demo", again.stderr)

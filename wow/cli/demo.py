@@ -1,9 +1,15 @@
 """
 C{wow demo}: WOW working on this machine, in network namespaces.
 
-This first form starts one wow-node in a fresh namespace, lets the host's own
-ISC dhclient configure its TAP, prints the lease, waits for Ctrl-C (or
-C{--duration}) and removes every namespace, device and process it made.
+C{wow demo} builds a small wide-area WOW (L{wow.demo.wan}): an internet
+bridge with a public bootstrap node running the CA, and two sites behind NATs
+of different kinds with two nodes each; it shows each node joining, getting
+its lease, name and certificate, then pings by name and runs iperf3 across
+the sites, and tears everything down on Ctrl-C or after C{--duration}.
+C{--keep} leaves it running (C{wow demo shell NODE}, C{wow demo down}).
+
+C{wow demo --single} is the first form: one wow-node in a fresh namespace
+whose TAP the host's own ISC dhclient configures; it prints the lease.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from types import FrameType
 from wow.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 #: Tools the demo drives, and the Debian package that has each.
-TOOLS = {"ip": "iproute2", "dhclient": "isc-dhcp-client"}
+TOOLS = {"ip": "iproute2", "dhclient": "isc-dhcp-client", "nft": "nftables",
+         "iperf3": "iperf3", "ping": "iputils-ping", "getent": "libc-bin"}
 
 
 def say(text: str) -> None:
@@ -75,6 +82,16 @@ def show_lease(site: object, event: list[str]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.action == "shell":
+        return demo_shell(args)
+    if args.action == "down":
+        return demo_down()
+    if args.action is not None:
+        print(f"wow demo: unknown action {args.action!r} (shell NODE or down).",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not args.single:
+        return demo_wan(args)
     problem = missing_prerequisite()
     if problem:
         print(f"wow demo: {problem}.", file=sys.stderr)
@@ -126,14 +143,124 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def demo_wan(args: argparse.Namespace) -> int:
+    """The multi-site demo (see L{wow.demo.wan})."""
+    problem = missing_prerequisite()
+    if problem:
+        print(f"wow demo: {problem}.", file=sys.stderr)
+        return EXIT_FAILED
+    if args.duration is not None and args.duration < 0:
+        print("wow demo: --duration must not be negative.", file=sys.stderr)
+        return EXIT_USAGE
+    from wow.demo.wan import DemoWan, load_state
+    from wow.lab.nat import NatKind
+    from wow.lab.netns import Lab
+
+    if load_state() is not None:
+        print("wow demo: a kept demo is still running; stop it first with: wow demo down.",
+              file=sys.stderr)
+        return EXIT_FAILED
+    kinds = (NatKind(args.nat_a), NatKind(args.nat_b))
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    lab = Lab(tag="d")
+    demo = DemoWan(lab, say, kinds)
+    code = EXIT_OK
+    kept = False
+    try:
+        say(f"building a WOW on this machine (logs in {lab.workdir})")
+        demo.run()
+        results = demo.show_traffic()
+        if not all(results["ping"].values()) or not results["iperf3"]:
+            code = EXIT_FAILED
+        if args.keep:
+            demo.save()
+            kept = True
+            demo.how_to_enter()
+            return code
+        if args.duration is None:
+            say("running; press Ctrl-C to stop (or use --duration S, or --keep)")
+            while True:
+                time.sleep(3600)
+        else:
+            say(f"running for {args.duration:g} s more")
+            time.sleep(args.duration)
+    except (KeyboardInterrupt, _Stop):
+        print()
+    except AssertionError as e:
+        print(f"wow demo: failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        code = EXIT_FAILED
+    finally:
+        if not kept:
+            say("tearing down")
+            lab.teardown()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    left = [ns for ns in os.listdir("/run/netns") if ns.startswith(lab.prefix)] \
+        if os.path.isdir("/run/netns") else []
+    if left:
+        print(f"wow demo: namespaces left behind: {', '.join(left)}", file=sys.stderr)
+        return EXIT_FAILED
+    say(f"stopped; nothing left behind (prefix {lab.prefix})")
+    return code
+
+
+def demo_shell(args: argparse.Namespace) -> int:
+    from wow.demo.wan import load_state
+
+    state = load_state()
+    if state is None:
+        print("wow demo: no demo is running; start one with: wow demo --keep.", file=sys.stderr)
+        return EXIT_FAILED
+    nodes = state.get("nodes", {})
+    if args.node not in nodes:
+        print(f"wow demo: no node {args.node!r}; the nodes are {', '.join(sorted(nodes))}.",
+              file=sys.stderr)
+        return EXIT_USAGE
+    ns = nodes[args.node]["ns"]
+    os.environ["PS1"] = f"[wow {args.node} {nodes[args.node]['ip']}] \\w# "
+    shell = os.environ.get("SHELL", "/bin/bash")
+    os.execvp("ip", ["ip", "netns", "exec", ns, shell, "--norc", "-i"])
+    return EXIT_OK  # not reached
+
+
+def demo_down() -> int:
+    from wow.demo.wan import STATE_FILE, load_state
+    from wow.lab.netns import Lab
+
+    state = load_state()
+    if state is None:
+        print("wow demo: no kept demo is running.", file=sys.stderr)
+        return EXIT_FAILED
+    Lab.teardown_state(state)
+    os.unlink(STATE_FILE)
+    say(f"stopped; nothing left behind (prefix {state['prefix']})")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from wow.lab.nat import NatKind
+
     p = subparsers.add_parser(
-        "demo", help="run a WOW node in a network namespace and show the host's DHCP lease",
-        description="Start a wow-node in a fresh network namespace, let the host's own "
-                    "dhclient configure its TAP, print the lease, and tear everything down "
-                    "on Ctrl-C.  Needs root.",
+        "demo", help="build a small WOW across NATs in network namespaces and show it working",
+        description="Build, on this machine, an internet with a public node and the CA, and "
+                    "two sites behind NATs with two nodes each; every node is a real wow-node "
+                    "whose TAP the host's own dhclient configures.  Shows joins, leases, names "
+                    "and certificates, then pings by name and runs iperf3 across the sites.  "
+                    "Ctrl-C (or --duration) tears everything down.  Needs root.  "
+                    "'wow demo shell NODE' enters a kept demo's node; 'wow demo down' stops it.",
     )
+    p.add_argument("action", nargs="?", choices=["shell", "down"],
+                   help="shell NODE: a shell inside a kept demo's node; down: stop a kept demo")
+    p.add_argument("node", nargs="?", help="the node for 'shell' (pub, a1, a2, b1, b2)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="stop after S seconds instead of waiting for Ctrl-C")
-    p.add_argument("--keep", action="store_true", help="keep the logs (not the namespaces)")
+                   help="stop S seconds after the traffic test instead of waiting for Ctrl-C")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the demo running; stop it later with 'wow demo down'")
+    kinds = [k.value for k in NatKind if k is not NatKind.PUBLIC]
+    p.add_argument("--nat-a", default=NatKind.PORT_RESTRICTED.value, choices=kinds,
+                   help="the NAT in front of site 1 (default: %(default)s)")
+    p.add_argument("--nat-b", default=NatKind.FULL_CONE.value, choices=kinds,
+                   help="the NAT in front of site 2 (default: %(default)s)")
+    p.add_argument("--single", action="store_true",
+                   help="the first form: one node, the host's dhclient, the lease printed")
     p.set_defaults(func=cmd_demo)

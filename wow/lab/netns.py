@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -183,6 +184,40 @@ class Lab:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         return proc.returncode
+
+    # -- keeping a lab across processes (wow demo --keep / down) ------------
+
+    def to_state(self) -> dict[str, object]:
+        """What L{teardown} needs, as JSON-able data."""
+        return {"prefix": self.prefix, "namespaces": self.namespaces, "links": self.links,
+                "pids": [p.pid for p in self.processes if p.poll() is None],
+                "workdir": self.workdir, "etc_netns": self.etc_netns}
+
+    @staticmethod
+    def teardown_state(state: dict[str, Any]) -> None:
+        """Tear down a lab kept by another process (its processes by PID)."""
+        for pid in reversed(state.get("pids", [])):
+            try:
+                os.killpg(int(pid), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+        deadline = time.monotonic() + 10
+        for pid in state.get("pids", []):
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(int(pid), 0)
+                except (ProcessLookupError, ValueError):
+                    break
+                time.sleep(0.1)
+        lab = Lab.__new__(Lab)
+        lab.prefix = str(state["prefix"])
+        lab.namespaces = list(state.get("namespaces", []))
+        lab.links = list(state.get("links", []))
+        lab.processes = []
+        lab.logs = {}
+        lab.workdir = str(state.get("workdir", ""))
+        lab.etc_netns = list(state.get("etc_netns", []))
+        lab.teardown()
 
     # -- teardown ---------------------------------------------------------
 

@@ -1,0 +1,249 @@
+"""
+Data messages cut into numbered pieces, and their bounded reassembly.
+
+Why: a super-frame from an offloading TAP is ~60 KB, far above the underlay
+MTU, and IP fragmentation on the underlay is not allowed (see the MTU budget
+in C{docs/architecture.md}).  So one frame travels as one I{data message} of
+C{count} pieces, each with the fixed 8-byte header::
+
+    u32 message id, u16 piece index, u16 piece count      (network order)
+
+and is put back together before it is written to the TAP.  Pieces of one
+message have equal size except the last, which is exactly what one UDP GSO
+C{sendmsg} with C{UDP_SEGMENT} needs.  (On the wire the overlay header
+precedes this header; that is the overlay's business, not this module's.)
+
+The L{Reassembler} is the part that faces other machines, so every limit is
+explicit: messages in flight per peer, bytes held per peer and in total, and
+a timeout measured on an injected clock.  Every piece that is not used is
+counted in C{datapath_pieces_dropped} with its reason.
+
+Sans-I/O: no sockets, no reactor.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Hashable
+from typing import Protocol
+
+from wow.metrics import Counters
+
+PIECE_HDR = struct.Struct("!IHH")
+PIECE_HDR_LEN = PIECE_HDR.size  # 8
+MAX_PIECES = 0xFFFF
+
+DROPPED = "datapath_pieces_dropped"
+EVICTED = "datapath_messages_evicted"
+
+
+class PieceError(ValueError):
+    """A message that cannot be cut into pieces (too large for the piece count)."""
+
+
+class IClock(Protocol):
+    def seconds(self) -> float: ...
+
+
+def piece_count(length: int, piece_payload: int) -> int:
+    """How many pieces of C{piece_payload} bytes a message of C{length} bytes needs."""
+    return max(1, -(-length // piece_payload))
+
+
+def split(msg_id: int, message: bytes | memoryview, piece_payload: int,
+          prefix: bytes = b"") -> list[bytes]:
+    """
+    The pieces (C{prefix} + header + chunk) of C{message}, each carrying at
+    most C{piece_payload} bytes of it; all but the last are exactly that
+    long.  C{prefix} is what goes before every piece on the wire (the
+    overlay header), added here to save a copy.
+    """
+    if piece_payload <= 0:
+        raise PieceError("piece payload must be positive")
+    n = piece_count(len(message), piece_payload)
+    if n > MAX_PIECES:
+        raise PieceError("message too large for 65535 pieces")
+    msg_id &= 0xFFFFFFFF
+    pack = PIECE_HDR.pack
+    mv = memoryview(message)
+    return [prefix + pack(msg_id, i, n) + mv[i * piece_payload:(i + 1) * piece_payload]
+            for i in range(n)]
+
+
+def parse_header(piece: bytes | memoryview) -> tuple[int, int, int]:
+    """(message id, index, count) of a piece; L{PieceError} if it is too short."""
+    if len(piece) < PIECE_HDR_LEN:
+        raise PieceError("short piece")
+    return PIECE_HDR.unpack_from(piece)  # type: ignore[return-value]
+
+
+class _Partial:
+    __slots__ = ("chunks", "count", "missing", "size", "deadline")
+
+    def __init__(self, count: int, deadline: float) -> None:
+        self.chunks: list[memoryview | None] = [None] * count
+        self.count = count
+        self.missing = count
+        self.size = 0
+        self.deadline = deadline
+
+
+class _Peer:
+    __slots__ = ("partials", "size", "done", "done_set")
+
+    def __init__(self) -> None:
+        self.partials: OrderedDict[int, _Partial] = OrderedDict()
+        self.size = 0
+        # Recently completed ids: a late duplicate must not open a new partial.
+        self.done: deque[int] = deque()
+        self.done_set: set[int] = set()
+
+
+class Reassembler:
+    """
+    Put data messages back together from their pieces, within fixed bounds.
+
+    L{add} takes one piece (header included) from C{peer} (any hashable: an
+    overlay address, a socket address) and returns the whole message when
+    its last piece arrives, else C{None}.  Single-piece messages take a fast
+    path that holds no state.
+    """
+
+    def __init__(self, clock: IClock, counters: Counters, *,
+                 max_messages_per_peer: int = 32,
+                 max_bytes_per_peer: int = 4 * 1024 * 1024,
+                 max_bytes: int = 64 * 1024 * 1024,
+                 max_pieces: int = 1024,
+                 timeout: float = 2.0,
+                 remember_done: int = 64) -> None:
+        self.clock = clock
+        self.counters = counters
+        self.max_messages_per_peer = max_messages_per_peer
+        self.max_bytes_per_peer = max_bytes_per_peer
+        self.max_bytes = max_bytes
+        self.max_pieces = max_pieces
+        self.timeout = timeout
+        self.remember_done = remember_done
+        self.size = 0
+        self.completed = 0
+        self.completed_multi = 0
+        self._peers: dict[Hashable, _Peer] = {}
+
+    # -- inspection -----------------------------------------------------
+
+    def in_flight(self, peer: Hashable | None = None) -> int:
+        """Messages being reassembled (for C{peer}, or in total)."""
+        if peer is not None:
+            p = self._peers.get(peer)
+            return len(p.partials) if p else 0
+        return sum(len(p.partials) for p in self._peers.values())
+
+    # -- work -------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self.counters.inc(DROPPED, reason=reason)
+
+    def add(self, peer: Hashable, piece: bytes | memoryview) -> bytes | None:
+        if len(piece) < PIECE_HDR_LEN:
+            self._drop("short")
+            return None
+        msg_id, index, count = PIECE_HDR.unpack_from(piece)
+        if count == 1 and index == 0:
+            self.completed += 1
+            return bytes(piece[PIECE_HDR_LEN:])
+        if count == 0:
+            self._drop("zero-count")
+            return None
+        if index >= count:
+            self._drop("index-out-of-range")
+            return None
+        if count > self.max_pieces:
+            self._drop("too-many-pieces")
+            return None
+        chunk = memoryview(piece)[PIECE_HDR_LEN:]
+        size = len(chunk)
+        p = self._peers.get(peer)
+        if p is None:
+            p = self._peers[peer] = _Peer()
+        partial = p.partials.get(msg_id)
+        if partial is None:
+            if msg_id in p.done_set:
+                self._drop("late-duplicate")
+                return None
+            now = self.clock.seconds()
+            self._expire_peer(peer, p, now)
+            if self.size + size > self.max_bytes:
+                self._drop("memory-full")
+                return None
+            while p.partials and (len(p.partials) >= self.max_messages_per_peer
+                                  or p.size + size > self.max_bytes_per_peer):
+                self._evict_oldest(p, "peer-limit")
+            if size > self.max_bytes_per_peer:
+                self._drop("peer-bytes")
+                return None
+            partial = p.partials[msg_id] = _Partial(count, now + self.timeout)
+        elif partial.count != count:
+            self._drop("count-mismatch")
+            return None
+        elif partial.chunks[index] is not None:
+            self._drop("duplicate")
+            return None
+        elif p.size + size > self.max_bytes_per_peer or self.size + size > self.max_bytes:
+            self._forget(p, msg_id, partial)
+            self.counters.inc(EVICTED, reason="over-size")
+            self._drop("over-size")
+            return None
+        partial.chunks[index] = chunk
+        partial.size += size
+        p.size += size
+        self.size += size
+        partial.missing -= 1
+        if partial.missing:
+            return None
+        self._forget(p, msg_id, partial)
+        self._remember(p, msg_id)
+        self.completed += 1
+        self.completed_multi += 1
+        return b"".join(partial.chunks)  # type: ignore[arg-type]
+
+    def _forget(self, p: _Peer, msg_id: int, partial: _Partial) -> None:
+        del p.partials[msg_id]
+        p.size -= partial.size
+        self.size -= partial.size
+
+    def _remember(self, p: _Peer, msg_id: int) -> None:
+        p.done.append(msg_id)
+        p.done_set.add(msg_id)
+        if len(p.done) > self.remember_done:
+            p.done_set.discard(p.done.popleft())
+
+    def _evict_oldest(self, p: _Peer, reason: str) -> None:
+        msg_id, partial = next(iter(p.partials.items()))
+        self._forget(p, msg_id, partial)
+        self.counters.inc(EVICTED, reason=reason)
+
+    def _expire_peer(self, peer: Hashable, p: _Peer, now: float) -> None:
+        # Partials are in creation order and share one timeout, so the
+        # expired ones are at the front.
+        while p.partials:
+            partial = next(iter(p.partials.values()))
+            if partial.deadline > now:
+                break
+            self._evict_oldest(p, "timeout")
+
+    def expire(self) -> int:
+        """Drop every partial message past its deadline (call periodically); how many."""
+        now = self.clock.seconds()
+        before = self.in_flight()
+        for peer, p in list(self._peers.items()):
+            self._expire_peer(peer, p, now)
+            if not p.partials:
+                del self._peers[peer]
+        return before - self.in_flight()
+
+    def forget_peer(self, peer: Hashable) -> None:
+        """Release everything held for C{peer} (it went away)."""
+        p = self._peers.pop(peer, None)
+        if p is not None:
+            self.size -= p.size

@@ -147,6 +147,8 @@ def from_wire(buf: bytes | memoryview) -> tuple[VnetHeader, int]:
             raise VnetError("short-wire-header")
         _, gt, hl, gs, cs, co = _W_BOTH.unpack_from(buf)
         return VnetHeader(flags, gt, hl, gs, cs, co), _W_BOTH.size
+    if bool(b0 & _W_CSUM) != bool(flags & F_NEEDS_CSUM):
+        raise VnetError("bad-wire-flags")
     if b0 & _W_CSUM:
         if len(buf) < 1 + _W_CSUM_F.size:
             raise VnetError("short-wire-header")

@@ -68,6 +68,21 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.b.tapsys.written, [h.pack() + frame])
         self.assertEqual(self.b.fwd.reassembler.completed_multi, 1)
 
+    def test_burst_with_a_whole_message_and_more(self) -> None:
+        """A GRO burst holding one whole message then pieces of the next."""
+        h, frame = tcp_frame(b"w" * (1420 * 3 - 64), mss=1000)  # exactly 3 full pieces
+        h2, frame2 = tcp_frame(b"v" * 5000, mss=1000)
+        self.a.tapsys.incoming.extend([h.pack() + frame, h2.pack() + frame2])
+        self.a.fwd.from_tap()
+        [(g1, _), (g2, _)] = self.a.sock.sent
+        self.assertEqual({len(g) for g in g1}, {1500 - 28})
+        burst = b"".join(g1 + g2[:2])
+        self.b.sock.incoming.append((burst, len(g1[0]), A))
+        self.b.sock.incoming.append((b"".join(g2[2:]), len(g1[0]), A))
+        self.b.fwd.from_udp()
+        self.assertEqual(self.b.tapsys.written, [h.pack() + frame, h2.pack() + frame2])
+        self.assertEqual(self.b.fwd.reassembler.in_flight(), 0)
+
     def test_without_gro(self) -> None:
         h, frame = tcp_frame(b"q" * 20000, mss=1348)
         self.a.tapsys.incoming.append(h.pack() + frame)

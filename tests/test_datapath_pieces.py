@@ -52,6 +52,50 @@ class SplitTests(SynchronousTestCase):
         self.assertEqual(p, bytes.fromhex("01020304 0000 0001") + b"data")
 
 
+class WholeRunTests(SynchronousTestCase):
+    """The GRO fast path: a burst that is exactly one message, found without parsing each piece."""
+
+    @given(st.binary(min_size=1, max_size=6000), st.integers(20, 700), st.binary(max_size=12),
+           st.integers(0, 2**32 - 1), st.binary(max_size=2000))
+    def test_finds_whole_message(self, msg: bytes, size: int, prefix: bytes, msg_id: int,
+                                 trailer: bytes) -> None:
+        ps = P.split(msg_id, msg, size, prefix)
+        seg = len(ps[0])
+        full_last = len(ps[-1]) == seg
+        buf = b"".join(ps) + (trailer if full_last else b"")
+        run = P.whole_run(buf, seg, len(prefix))
+        if len(ps) < 2:
+            self.assertIsNone(run)
+            return
+        self.assertIsNotNone(run)
+        assert run is not None
+        count, end = run
+        self.assertEqual(count, len(ps))
+        self.assertEqual(end, sum(map(len, ps)))
+        chunks = P.run_chunks(buf, seg, len(prefix), count, end)
+        self.assertEqual(b"".join(chunks), msg)
+
+    def test_rejects_incomplete_or_disordered(self) -> None:
+        ps = P.split(7, b"m" * 5000, 1000)
+        seg = len(ps[0])
+        self.assertIsNone(P.whole_run(b"".join(ps[:-1]), seg))
+        self.assertIsNone(P.whole_run(b"".join(ps[1:]), seg))
+        self.assertIsNone(P.whole_run(b"".join([ps[0], ps[2], ps[1], *ps[3:]]), seg))
+        other = P.split(8, b"m" * 5000, 1000)
+        self.assertIsNone(P.whole_run(b"".join([*ps[:2], other[2], *ps[3:]]), seg))
+        self.assertIsNotNone(P.whole_run(b"".join(ps), seg))
+
+    @given(st.binary(max_size=400), st.integers(0, 100), st.integers(0, 12))
+    def test_arbitrary(self, buf: bytes, seg: int, off: int) -> None:
+        run = P.whole_run(buf, seg, off)
+        if run is None:
+            return
+        count, end = run
+        for i in range(count):
+            self.assertEqual(P.parse_header(buf[i * seg + off:])[1:], (i, count))
+        self.assertLessEqual(end, len(buf))
+
+
 class ReassemblerTests(SynchronousTestCase):
     def test_any_order(self) -> None:
         r, _, _ = make()

@@ -74,6 +74,36 @@ class SendTests(SynchronousTestCase):
         self.udp.send_pieces(ps, PEER)
         self.assertNotIn("sendmsg", self.sock.calls[1:])
 
+    def test_send_buffer(self) -> None:
+        ps = pieces(130, 100, last=40)
+        self.udp.send_buffer(b"".join(ps), 100, PEER)
+        self.assertEqual(self.sock.calls, ["sendmsg"] * 3)
+        self.assertEqual([x for g, _ in self.sock.sent for x in g], ps)
+        self.assertEqual(self.udp.datagrams_sent, 130)
+
+    def test_send_buffer_byte_limit_and_lone_tail(self) -> None:
+        ps = pieces(45, 1472)  # 44 fit one send; the 45th goes alone
+        self.udp.send_buffer(b"".join(ps), 1472, PEER)
+        self.assertEqual(self.sock.calls, ["sendmsg", "sendto"])
+        self.assertEqual([x for g, _ in self.sock.sent for x in g], ps)
+
+    def test_send_buffer_without_gso(self) -> None:
+        sock = FakeUdpSocket(gso=False)
+        udp = udpgso.GsoUdp(sock, self.counters)
+        ps = pieces(5, 100, last=1)
+        udp.send_buffer(b"".join(ps), 100, PEER)
+        self.assertEqual(sock.calls, ["sendto"] * 5)
+        self.assertEqual([g[0] for g, _ in sock.sent], ps)
+        udp.send_buffer(b"small", 100, PEER)
+        self.assertEqual(sock.sent[-1], ([b"small"], PEER))
+
+    def test_send_buffer_gso_refused(self) -> None:
+        self.sock.gso_send_error = errno.EIO
+        ps = pieces(10, 100)
+        self.udp.send_buffer(b"".join(ps), 100, PEER)
+        self.assertFalse(self.udp.gso)
+        self.assertEqual([g[0] for g, _ in self.sock.sent], ps)
+
     def test_busy_is_counted_not_raised(self) -> None:
         self.sock.send_error = OSError(errno.ENOBUFS, "no buffers")
         self.udp.send_pieces(pieces(10, 100), PEER)
@@ -144,6 +174,14 @@ class LoopbackTests(SynchronousTestCase):
         ps = pieces(41, 1464, last=700)
         tx.send_pieces(ps, self.b.getsockname())
         self.assertEqual(tx.sendmsg_calls, 1)
+        self.assertEqual(self.drain(rx, sum(map(len, ps))), ps)
+
+    def test_send_buffer_real(self) -> None:
+        tx = udpgso.GsoUdp(self.a, self.counters, gro=False)
+        rx = udpgso.GsoUdp(self.b, self.counters, gro=False)
+        ps = pieces(100, 1000, last=3)
+        tx.send_buffer(b"".join(ps), 1000, self.b.getsockname())
+        self.assertEqual(tx.sendmsg_calls, 2)
         self.assertEqual(self.drain(rx, sum(map(len, ps))), ps)
 
     def test_gso_to_gro_receiver(self) -> None:

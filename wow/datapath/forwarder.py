@@ -9,7 +9,7 @@ offloading TAP (L{wow.datapath.tapoffload}), carried as numbered pieces
 (L{wow.datapath.pieces}) with UDP GSO/GRO (L{wow.datapath.udpgso}) and
 written back with their virtio-net header (L{wow.datapath.vnet}) move
 unmodified Ethernet between two hosts.  It is I{not} the overlay: the IP
-router reuses L{PointToPoint}'s two halves (L{PointToPoint.frames_to_wire},
+router reuses L{PointToPoint}'s two halves (L{PointToPoint.frame_to_wire},
 L{PointToPoint.deliver}) with the overlay's links and headers in place of
 the fixed peer and the dummy prefix.
 
@@ -77,33 +77,44 @@ class PointToPoint:
 
     # -- TAP -> peer --------------------------------------------------------
 
-    def frames_to_wire(self, buf: bytes) -> list[bytes]:
-        """The datagrams carrying one buffer read from the TAP."""
+    def frame_to_wire(self, buf: bytes) -> tuple[bytearray, int]:
+        """The datagrams carrying one buffer read from the TAP: (back-to-back, size of each)."""
         vlen = self.tap.vnet_hdr_len
         if vlen:
             message = vnet.wire_from_raw(buf) + memoryview(buf)[vlen:]
         else:
             message = vnet.WIRE_PLAIN + buf
         self.msg_id = (self.msg_id + 1) & 0xFFFFFFFF
-        return P.split(self.msg_id, message, self.piece_payload, self.prefix)
+        return P.pack(self.msg_id, message, self.piece_payload, self.prefix)
 
     def from_tap(self) -> None:
-        send_pieces, peer = self.udp.send_pieces, self.peer
+        send_buffer, peer = self.udp.send_buffer, self.peer
         for buf in self.tap.read_batch():
-            datagrams = self.frames_to_wire(buf)
-            if len(datagrams) > 1:
+            out, seg = self.frame_to_wire(buf)
+            if len(out) > seg:
                 self.superframes_out += 1
-            send_pieces(datagrams, peer)
+            send_buffer(out, seg, peer)
             self.frames_out += 1
 
     # -- peer -> TAP --------------------------------------------------------
 
     def from_udp(self) -> None:
         add, peer, plen = self.reassembler.add, self.peer, len(self.prefix)
+        whole_run = P.whole_run
         for data, seg, addr in self.udp.recv_batch():
             if addr != peer:
                 self.counters.inc(DROPPED, reason="unknown-source")
                 continue
+            if seg:
+                # Fast path: a GRO burst that is exactly one GSO send.
+                run = whole_run(data, seg, plen)
+                if run is not None:
+                    count, end = run
+                    self.reassembler.completed_multi += 1
+                    self.deliver_parts(P.run_chunks(data, seg, plen, count, end))
+                    if end == len(data):
+                        continue
+                    data = data[end:]
             for d in udpgso.split(data, seg):
                 if plen:
                     if len(d) < plen:
@@ -112,21 +123,29 @@ class PointToPoint:
                     d = d[plen:]
                 message = add(peer, d)
                 if message is not None:
-                    self.deliver(message)
+                    self.deliver_parts([memoryview(message)])
 
     def deliver(self, message: bytes) -> None:
         """Write one reassembled data message to the TAP, checking what it claims."""
+        self.deliver_parts([memoryview(message)])
+
+    def deliver_parts(self, parts: list[bytes] | list[memoryview]) -> None:
+        """
+        Write one data message given as consecutive parts (pieces' chunks,
+        never joined: the TAP write gathers them) to the TAP.
+        """
         try:
-            h, used = vnet.from_wire(message)
-            frame = memoryview(message)[used:]
+            h, used = vnet.from_wire(parts[0])
+            parts[0] = parts[0][used:]
             if self.tap.vnet_hdr_len:
                 if h.flags or h.gso_type:
-                    vnet.check(h, frame)
-                    self.tap.writev((h.pack(), frame))
+                    vnet.check(h, parts[0], sum(map(len, parts)) if len(parts) > 1 else None)
+                    parts.insert(0, h.pack())  # type: ignore[arg-type]
                 else:
-                    self.tap.writev((vnet.PLAIN_BYTES, frame))
+                    parts.insert(0, vnet.PLAIN_BYTES)  # type: ignore[arg-type]
+                self.tap.writev(parts)
             else:
-                for f in vnet.plain_frames(h, frame):
+                for f in vnet.plain_frames(h, b"".join(parts)):
                     self.tap.write(f)
         except vnet.VnetError as e:
             self.counters.inc(DROPPED, reason=e.reason)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Protocol
 
 from wow.metrics import Counters
@@ -51,24 +52,81 @@ def piece_count(length: int, piece_payload: int) -> int:
     return max(1, -(-length // piece_payload))
 
 
+@lru_cache(maxsize=256)
+def _cutter(size: int, n: int) -> struct.Struct:
+    """Cuts C{n} consecutive C{size}-byte strings in one C call."""
+    return struct.Struct(f"{size}s" * n)
+
+
+@lru_cache(maxsize=256)
+def _gatherer(seg: int, skip: int, n: int) -> struct.Struct:
+    """Takes the payload after C{skip} header bytes from each of C{n} datagrams."""
+    return struct.Struct(f"{skip}x{seg - skip}s" * n)
+
+
+@lru_cache(maxsize=256)
+def _framer(hl: int, size: int, n: int) -> struct.Struct:
+    """Interleaves C{n} headers and chunks into one buffer."""
+    return struct.Struct(f"{hl}s{size}s" * n)
+
+
+@lru_cache(maxsize=256)
+def _header_template(prefix: bytes, n: int) -> bytes:
+    return b"".join(prefix + PIECE_HDR.pack(0, i, n) for i in range(n))
+
+
+def pack(msg_id: int, message: bytes | bytearray | memoryview, piece_payload: int,
+         prefix: bytes = b"") -> tuple[bytearray, int]:
+    """
+    Every datagram of C{message} back to back in one buffer, and the datagram
+    size: C{prefix} + header + chunk each, all C{seg} bytes long but the last
+    -- exactly what one UDP GSO send takes.
+
+    Why not a list of pieces: building 41 pieces one by one costs ~0.3 us of
+    Python each; cached C{struct} formats cut, number and interleave them in
+    a handful of C calls.
+    """
+    if piece_payload <= 0:
+        raise PieceError("piece payload must be positive")
+    length = len(message)
+    n = piece_count(length, piece_payload)
+    if n > MAX_PIECES:
+        raise PieceError("message too large for 65535 pieces")
+    msg_id &= 0xFFFFFFFF
+    hl = len(prefix) + PIECE_HDR_LEN
+    if n == 1:
+        out = bytearray(prefix)
+        out += PIECE_HDR.pack(msg_id, 0, 1)
+        out += message
+        return out, len(out)
+    seg = hl + piece_payload
+    heads = bytearray(_header_template(prefix, n))
+    idb = msg_id.to_bytes(4, "big")
+    o = len(prefix)
+    for k in range(4):
+        heads[o + k::hl] = idb[k:k + 1] * n
+    hdrs = _cutter(hl, n).unpack(heads)
+    args: list[bytes] = [b""] * (2 * n - 2)
+    args[0::2] = hdrs[:-1]
+    args[1::2] = _cutter(piece_payload, n - 1).unpack_from(message)
+    body = seg * (n - 1)
+    out = bytearray(body + hl + length - piece_payload * (n - 1))
+    _framer(hl, piece_payload, n - 1).pack_into(out, 0, *args)
+    out[body:body + hl] = hdrs[-1]
+    out[body + hl:] = memoryview(message)[piece_payload * (n - 1):]
+    return out, seg
+
+
 def split(msg_id: int, message: bytes | memoryview, piece_payload: int,
           prefix: bytes = b"") -> list[bytes]:
     """
     The pieces (C{prefix} + header + chunk) of C{message}, each carrying at
     most C{piece_payload} bytes of it; all but the last are exactly that
     long.  C{prefix} is what goes before every piece on the wire (the
-    overlay header), added here to save a copy.
+    overlay header).  L{pack} gives the same bytes as one buffer.
     """
-    if piece_payload <= 0:
-        raise PieceError("piece payload must be positive")
-    n = piece_count(len(message), piece_payload)
-    if n > MAX_PIECES:
-        raise PieceError("message too large for 65535 pieces")
-    msg_id &= 0xFFFFFFFF
-    pack = PIECE_HDR.pack
-    mv = memoryview(message)
-    return [prefix + pack(msg_id, i, n) + mv[i * piece_payload:(i + 1) * piece_payload]
-            for i in range(n)]
+    buf, seg = pack(msg_id, message, piece_payload, prefix)
+    return [bytes(buf[i:i + seg]) for i in range(0, len(buf), seg)]
 
 
 def parse_header(piece: bytes | memoryview) -> tuple[int, int, int]:
@@ -76,6 +134,50 @@ def parse_header(piece: bytes | memoryview) -> tuple[int, int, int]:
     if len(piece) < PIECE_HDR_LEN:
         raise PieceError("short piece")
     return PIECE_HDR.unpack_from(piece)  # type: ignore[return-value]
+
+
+_IDX_HI = bytes(i >> 8 for i in range(MAX_PIECES + 1))
+_IDX_LO = bytes(i & 0xFF for i in range(MAX_PIECES + 1))
+
+
+def whole_run(buf: bytes, seg: int, off: int = 0) -> tuple[int, int] | None:
+    """
+    Whether the GRO burst C{buf} (datagrams of C{seg} bytes, piece header
+    C{off} bytes into each) begins with every piece of one message, in
+    order: then C{(count, end)}, where C{end} is where that message stops.
+
+    The common case -- one GSO send arriving as one GRO burst -- is checked
+    with eight strided byte comparisons instead of a header parse per piece,
+    and the caller can hand the chunks to the kernel without reassembly
+    state.  Anything else returns None and goes piece by piece through
+    L{Reassembler.add}.
+    """
+    n = len(buf)
+    if seg <= off + PIECE_HDR_LEN or n < seg + off + PIECE_HDR_LEN:
+        return None
+    hdr = buf[off:off + PIECE_HDR_LEN]
+    count = (hdr[6] << 8) | hdr[7]
+    if count < 2 or hdr[4] or hdr[5]:
+        return None
+    end = count * seg
+    if n < end:
+        if n <= end - seg:
+            return None
+        end = n
+    for k in (0, 1, 2, 3, 6, 7):
+        if buf[off + k:end:seg] != hdr[k:k + 1] * count:
+            return None
+    if buf[off + 4:end:seg] != _IDX_HI[:count] or buf[off + 5:end:seg] != _IDX_LO[:count]:
+        return None
+    return count, end
+
+
+def run_chunks(buf: bytes, seg: int, off: int, count: int, end: int) -> list[bytes]:
+    """The payload chunks of a run found by L{whole_run}, cut in one C call."""
+    skip = off + PIECE_HDR_LEN
+    chunks = list(_gatherer(seg, skip, count - 1).unpack_from(buf))
+    chunks.append(buf[(count - 1) * seg + skip:end])
+    return chunks
 
 
 class _Partial:

@@ -138,6 +138,48 @@ class GsoUdp:
         except OSError as e:
             self._send_error(e)
 
+    def send_buffer(self, buf: Buffer, seg: int, addr: Address) -> None:
+        """
+        Send C{buf} as datagrams of C{seg} bytes (the last may be shorter) to
+        C{addr}: one C{sendmsg} per 64 segments / 65,507 bytes with GSO, one
+        C{sendto} per datagram without.
+        """
+        n = len(buf)
+        if n <= seg:
+            self.send(buf, addr)
+            return
+        mv = memoryview(buf)
+        if not self.gso:
+            self._send_each([mv[i:i + seg] for i in range(0, n, seg)], addr)
+            return
+        per = min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // seg) * seg
+        if per < 2 * seg:
+            self._send_each([mv[i:i + seg] for i in range(0, n, seg)], addr)
+            return
+        anc = [(SOL_UDP, UDP_SEGMENT, _SEG.pack(seg))]
+        for start in range(0, n, per):
+            part = mv[start:start + per]
+            if len(part) <= seg:
+                self.send(part, addr)
+                continue
+            try:
+                self.sock.sendmsg((part,), anc, 0, addr)
+                self.sendmsg_calls += 1
+                self.datagrams_sent += -(-len(part) // seg)
+            except OSError as e:
+                if e.errno in _GSO_FATAL:
+                    self._gso_refused(e)
+                    self._send_each([mv[i:i + seg] for i in range(start, n, seg)], addr)
+                    return
+                self._send_error(e)
+                self.counters.inc(DROPPED, -(-len(part) // seg) - 1, reason="send-busy-batch")
+
+    def _gso_refused(self, e: OSError) -> None:
+        self.log.warn("UDP GSO refused ({err}); sending one datagram per call", err=e.strerror)
+        self.counters.inc("datapath_gso_disabled",
+                          reason=errno.errorcode.get(e.errno or 0, "error"))
+        self.gso = False
+
     def send_pieces(self, pieces: Sequence[Buffer], addr: Address) -> None:
         """
         Send equal-length datagrams (last may be shorter) to C{addr} with as
@@ -164,11 +206,7 @@ class GsoUdp:
                 self.datagrams_sent += len(batch)
             except OSError as e:
                 if e.errno in _GSO_FATAL:
-                    self.log.warn("UDP GSO refused ({err}); sending one datagram per call",
-                                  err=e.strerror)
-                    self.counters.inc("datapath_gso_disabled", reason=errno.errorcode.get(
-                        e.errno or 0, "error"))
-                    self.gso = False
+                    self._gso_refused(e)
                     self._send_each(pieces[start:], addr)
                     return
                 self._send_error(e)

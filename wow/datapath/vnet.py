@@ -172,13 +172,17 @@ def l3_offset(frame: bytes | memoryview) -> tuple[int, int]:
     return etype, ETH_HLEN
 
 
-def check(h: VnetHeader, frame: bytes | memoryview) -> None:
+def check(h: VnetHeader, frame: bytes | memoryview, length: int | None = None) -> None:
     """
     Raise L{VnetError} unless C{h} is a header this node is willing to hand a
     kernel together with C{frame}: known flags, offsets inside the frame, a
     sane segment size and a GSO type that matches the inner protocol.
+
+    C{frame} may be only the head of a frame of C{length} bytes (a frame
+    gathered from pieces is checked without joining it); the protocol
+    headers must then lie inside that head.
     """
-    n = len(frame)
+    n = len(frame) if length is None else length
     if h.flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
         raise VnetError("bad-flags")
     if n < ETH_HLEN:
@@ -202,6 +206,8 @@ def check(h: VnetHeader, frame: bytes | memoryview) -> None:
         raise VnetError("bad-gso-size")
     if h.hdr_len > n:
         raise VnetError("hdr-len-out-of-frame")
+    if min(n, h.csum_start + 20) > len(frame):
+        raise VnetError("headers-split")
     etype, l3 = l3_offset(frame)
     l4 = h.csum_start
     if base == GSO_TCPV6:

@@ -435,7 +435,8 @@ def main() -> int:
                              if ln.startswith("stats ")]
                     if stats and "mbps" in results.get(name, {}):
                         results[name]["forwarder_stats"] = [json.loads(s[6:]) for s in stats]
-            log(f"    {json.dumps({k: v for k, v in results[name].items() if k != 'forwarder_stats'})}")
+            brief = {k: v for k, v in results[name].items() if k != "forwarder_stats"}
+            log(f"    {json.dumps(brief)}")
             time.sleep(0.3)
     finally:
         topo.teardown()

@@ -129,7 +129,7 @@ class PointToPoint:
         """Write one reassembled data message to the TAP, checking what it claims."""
         self.deliver_parts([memoryview(message)])
 
-    def deliver_parts(self, parts: list[bytes] | list[memoryview]) -> None:
+    def deliver_parts(self, parts: list[bytes | memoryview]) -> None:
         """
         Write one data message given as consecutive parts (pieces' chunks,
         never joined: the TAP write gathers them) to the TAP.
@@ -140,9 +140,9 @@ class PointToPoint:
             if self.tap.vnet_hdr_len:
                 if h.flags or h.gso_type:
                     vnet.check(h, parts[0], sum(map(len, parts)) if len(parts) > 1 else None)
-                    parts.insert(0, h.pack())  # type: ignore[arg-type]
+                    parts.insert(0, h.pack())
                 else:
-                    parts.insert(0, vnet.PLAIN_BYTES)  # type: ignore[arg-type]
+                    parts.insert(0, vnet.PLAIN_BYTES)
                 self.tap.writev(parts)
             else:
                 for f in vnet.plain_frames(h, b"".join(parts)):
@@ -244,7 +244,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     from twisted.internet import epollreactor
 
-    epollreactor.install()
+    epollreactor.install()  # type: ignore[no-untyped-call]
     from twisted.internet import reactor
 
     from wow.util.fatal import fatal

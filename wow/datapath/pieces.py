@@ -133,7 +133,7 @@ def parse_header(piece: bytes | memoryview) -> tuple[int, int, int]:
     """(message id, index, count) of a piece; L{PieceError} if it is too short."""
     if len(piece) < PIECE_HDR_LEN:
         raise PieceError("short piece")
-    return PIECE_HDR.unpack_from(piece)  # type: ignore[return-value]
+    return PIECE_HDR.unpack_from(piece)
 
 
 _IDX_HI = bytes(i >> 8 for i in range(MAX_PIECES + 1))
@@ -172,10 +172,11 @@ def whole_run(buf: bytes, seg: int, off: int = 0) -> tuple[int, int] | None:
     return count, end
 
 
-def run_chunks(buf: bytes, seg: int, off: int, count: int, end: int) -> list[bytes]:
+def run_chunks(buf: bytes, seg: int, off: int, count: int, end: int
+               ) -> list[bytes | memoryview]:
     """The payload chunks of a run found by L{whole_run}, cut in one C call."""
     skip = off + PIECE_HDR_LEN
-    chunks = list(_gatherer(seg, skip, count - 1).unpack_from(buf))
+    chunks: list[bytes | memoryview] = list(_gatherer(seg, skip, count - 1).unpack_from(buf))
     chunks.append(buf[(count - 1) * seg + skip:end])
     return chunks
 

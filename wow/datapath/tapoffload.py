@@ -100,7 +100,7 @@ class RealTapSyscalls:
         return os.open(path, flags)
 
     def ioctl(self, fd: int, request: int, arg: bytes | int) -> bytes | int:
-        return fcntl.ioctl(fd, request, arg)  # type: ignore[no-any-return]
+        return fcntl.ioctl(fd, request, arg)
 
     def read(self, fd: int, size: int) -> bytes:
         return os.read(fd, size)

@@ -36,6 +36,8 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 MAX_GSO_SEGMENTS = 64
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
 MAX_GSO_BYTES = 65507
 #: Big enough for a whole GRO burst (64 KB) plus headroom.
 RECV_BUF = 65536 + 4096
@@ -85,8 +87,13 @@ def open_udp(host: str, port: int, bufsize: int = 4 * 1024 * 1024) -> socket.soc
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, bufsize)
+        for force, opt in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                # SO_RCVBUFFORCE / SO_SNDBUFFORCE: past net.core.[rw]mem_max when privileged,
+                # so a burst of super-frames is not dropped at the socket.
+                sock.setsockopt(socket.SOL_SOCKET, force, bufsize)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, opt, bufsize)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:

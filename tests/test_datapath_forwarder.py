@@ -142,6 +142,14 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(self.b.counters.get(F.DROPPED, reason="short-datagram"), 1)
         self.assertEqual(self.b.tapsys.written, [])
 
+    def test_ipv6_peer_address_form(self) -> None:
+        b6 = Side(("fd00::1", 5555))
+        [p] = P.split(1, b"\x00" + b"\xab" * 60, 1420, b"\0" * 44)
+        b6.sock.incoming.extend([(p, 0, ("fd00::1", 5555, 0, 0)), (p, 0, ("fd00::2", 5555, 0, 0))])
+        b6.fwd.from_udp()
+        self.assertEqual(b6.tapsys.written, [vnet.PLAIN_BYTES + b"\xab" * 60])
+        self.assertEqual(b6.counters.get(F.DROPPED, reason="unknown-source"), 1)
+
     def test_stats(self) -> None:
         s = self.a.fwd.stats()
         self.assertEqual(s["vnet_hdr"], True)

@@ -101,8 +101,10 @@ class PointToPoint:
     def from_udp(self) -> None:
         add, peer, plen = self.reassembler.add, self.peer, len(self.prefix)
         whole_run = P.whole_run
+        host, port = peer[0], peer[1]
         for data, seg, addr in self.udp.recv_batch():
-            if addr != peer:
+            # IPv6 addresses arrive as 4-tuples (with flow info and scope).
+            if addr[1] != port or addr[0] != host:
                 self.counters.inc(DROPPED, reason="unknown-source")
                 continue
             if seg:

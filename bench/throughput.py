@@ -239,20 +239,30 @@ def path_raw(topo: Topology) -> Tunnel:
     return Tunnel(UNDER_B, label="raw veth (kernel, GSO/GRO on, MTU 1500)")
 
 
-def path_wow_datapath(topo: Topology) -> Tunnel:
+def _forwarders(topo: Topology, name: str, net: str, *extra: str) -> tuple[
+        subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     py = python_for_wow()
 
-    def start(ns: str, side: str, local: str, peer: str, addr: str) -> subprocess.Popen[bytes]:
+    def start(ns: str, side: str, local: str, peer: str) -> subprocess.Popen[bytes]:
         return topo.spawn(ns, [py, "-m", "wow.datapath.forwarder", "--tap", "wdp" + side,
                                "--local", local + ":5555", "--peer", peer + ":5555",
-                               "--address", addr + "/24", "--mtu", str(INNER_MTU)],
-                          "wow_datapath-" + side)
+                               "--address", f"{net}.{1 if side == 'a' else 2}/24",
+                               "--mtu", str(INNER_MTU), *extra], f"{name}-{side}")
 
-    a = start(topo.na, "a", UNDER_A, UNDER_B, "10.100.9.1")
-    b = start(topo.nb, "b", UNDER_B, UNDER_A, "10.100.9.2")
+    return start(topo.na, "a", UNDER_A, UNDER_B), start(topo.nb, "b", UNDER_B, UNDER_A)
+
+
+def path_wow_datapath(topo: Topology) -> Tunnel:
+    a, b = _forwarders(topo, "wow_datapath", "10.100.9")
     return Tunnel("10.100.9.2", [a], [b],
                   "WOW data path alone (offload TAP + pieces + UDP GSO/GRO, Twisted; "
                   "no overlay/security) -- not the full node")
+
+
+def path_wow_datapath_plain(topo: Topology) -> Tunnel:
+    a, b = _forwarders(topo, "wow_datapath_plain", "10.100.10", "--no-offload")
+    return Tunnel("10.100.10.2", [a], [b],
+                  "the same forwarder one packet per call (plain TAP, no GSO/GRO)")
 
 
 def path_nebula(topo: Topology) -> Tunnel:
@@ -349,12 +359,14 @@ def path_openvpn(topo: Topology) -> Tunnel:
 PATHS: dict[str, tuple[str | None, Callable[[Topology], Tunnel]]] = {
     "raw": (None, path_raw),
     "wow_datapath": (None, path_wow_datapath),
+    "wow_datapath_plain": (None, path_wow_datapath_plain),
     "nebula": ("nebula", path_nebula),
     "tinc": ("tincd", path_tinc),
     "openvpn": ("openvpn", path_openvpn),
 }
+DEFAULT_PATHS = ("raw", "wow_datapath", "nebula", "tinc", "openvpn")
 #: Paths that are WOW's, compared with every other (non-raw) path in "ratios".
-WOW_PATHS = ("wow", "wow_datapath")
+WOW_PATHS = ("wow", "wow_datapath", "wow_datapath_plain")
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -399,7 +411,8 @@ def versions() -> dict[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description="WOW data path vs peer VPNs, one run.")
     ap.add_argument("--json", action="store_true", help="print JSON (else a table)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    ap.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                    help=f"comma-separated, from: {', '.join(PATHS)}")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--time", type=int, default=8, help="seconds per iperf3 run")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get the peers")
@@ -429,9 +442,9 @@ def main() -> int:
                 results[name] = {"error": str(e)}
             finally:
                 topo.stop(topo.procs[started:])
-                if name == "wow_datapath":
+                if name.startswith("wow_datapath"):
                     stats = [ln for side in "ab"
-                             for ln in topo.log_text("wow_datapath-" + side).splitlines()
+                             for ln in topo.log_text(f"{name}-{side}").splitlines()
                              if ln.startswith("stats ")]
                     if stats and "mbps" in results.get(name, {}):
                         results[name]["forwarder_stats"] = [json.loads(s[6:]) for s in stats]

@@ -199,6 +199,14 @@ class ReassemblerTests(SynchronousTestCase):
         self.assertDropped(c, "memory-full")
         self.assertLessEqual(r.size, 2500)
 
+    def test_empty_pieces_from_many_peers_cost_memory(self) -> None:
+        r, _, c = make(max_bytes=100_000)
+        for i in range(20000):
+            r.add(("10.0.0.1", i), P.PIECE_HDR.pack(i, 0, 1000))
+        self.assertLessEqual(r.size, 100_000)
+        self.assertLess(r.in_flight(), 20)
+        self.assertGreater(c.get(P.DROPPED, reason="memory-full"), 19000)
+
     def test_forget_peer(self) -> None:
         r, _, _ = make()
         r.add("p", P.split(1, b"a" * 3000, 1000)[0])

@@ -181,6 +181,10 @@ def run_chunks(buf: bytes, seg: int, off: int, count: int, end: int
     return chunks
 
 
+#: Bytes charged for a partial message's bookkeeping, plus 8 per expected piece.
+PARTIAL_OVERHEAD = 64
+
+
 class _Partial:
     __slots__ = ("chunks", "count", "missing", "size", "deadline")
 
@@ -267,36 +271,45 @@ class Reassembler:
         chunk = memoryview(piece)[PIECE_HDR_LEN:]
         size = len(chunk)
         p = self._peers.get(peer)
-        if p is None:
-            p = self._peers[peer] = _Peer()
-        partial = p.partials.get(msg_id)
+        partial = p.partials.get(msg_id) if p is not None else None
         if partial is None:
-            if msg_id in p.done_set:
+            if p is not None and msg_id in p.done_set:
                 self._drop("late-duplicate")
                 return None
             now = self.clock.seconds()
-            self._expire_peer(peer, p, now)
-            if self.size + size > self.max_bytes:
+            if p is not None:
+                self._expire_peer(peer, p, now)
+            # A partial costs its bookkeeping too, so empty pieces cannot pile up for free.
+            overhead = PARTIAL_OVERHEAD + 8 * count
+            cost = overhead + size
+            if self.size + cost > self.max_bytes:
                 self._drop("memory-full")
                 return None
-            while p.partials and (len(p.partials) >= self.max_messages_per_peer
-                                  or p.size + size > self.max_bytes_per_peer):
-                self._evict_oldest(p, "peer-limit")
-            if size > self.max_bytes_per_peer:
+            if cost > self.max_bytes_per_peer:
                 self._drop("peer-bytes")
                 return None
+            if p is None:
+                p = self._peers[peer] = _Peer()
+            while p.partials and (len(p.partials) >= self.max_messages_per_peer
+                                  or p.size + cost > self.max_bytes_per_peer):
+                self._evict_oldest(p, "peer-limit")
             partial = p.partials[msg_id] = _Partial(count, now + self.timeout)
-        elif partial.count != count:
-            self._drop("count-mismatch")
-            return None
-        elif partial.chunks[index] is not None:
-            self._drop("duplicate")
-            return None
-        elif p.size + size > self.max_bytes_per_peer or self.size + size > self.max_bytes:
-            self._forget(p, msg_id, partial)
-            self.counters.inc(EVICTED, reason="over-size")
-            self._drop("over-size")
-            return None
+            partial.size = overhead
+            p.size += overhead
+            self.size += overhead
+        else:
+            assert p is not None  # a partial exists only under its peer
+            if partial.count != count:
+                self._drop("count-mismatch")
+                return None
+            if partial.chunks[index] is not None:
+                self._drop("duplicate")
+                return None
+            if p.size + size > self.max_bytes_per_peer or self.size + size > self.max_bytes:
+                self._forget(p, msg_id, partial)
+                self.counters.inc(EVICTED, reason="over-size")
+                self._drop("over-size")
+                return None
         partial.chunks[index] = chunk
         partial.size += size
         p.size += size

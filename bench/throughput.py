@@ -21,6 +21,7 @@ A C{wow} path (the full node) is one more function in L{PATHS} that starts
 both ends and returns a L{Tunnel}; L{ratios} then compares it too.
 
 Usage: C{flock /tmp/wow-bench.lock .venv/bin/python bench/throughput.py --json}
+(C{--nic-like}: the veth segments UDP GSO sends in software, as a real NIC would.)
 Only addresses inside the two namespaces created here are used; every process
 started is killed by PID and the namespaces are deleted, even on failure.
 """
@@ -45,7 +46,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDER_A, UNDER_B = "10.99.0.1", "10.99.0.2"
 INNER_MTU = 1400
-PEER_PACKAGES = ("nebula", "tinc", "openvpn", "iperf3", "openssl", "iputils-ping")
+PEER_PACKAGES = ("nebula", "tinc", "openvpn", "iperf3", "openssl", "iputils-ping", "ethtool")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,7 +67,7 @@ class Tunnel:
 class Topology:
     """Two namespaces and a veth pair, plus bookkeeping of what was started."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, nic_like: bool = False) -> None:
         tag = secrets.token_hex(2)
         self.na, self.nb = f"pb{tag}a", f"pb{tag}b"
         self.workdir = workdir
@@ -80,6 +81,13 @@ class Topology:
         self.run(self.nb, "ip", "addr", "add", UNDER_B + "/24", "dev", f"pb{tag}vb")
         self.run(self.na, "ip", "link", "set", f"pb{tag}va", "up")
         self.run(self.nb, "ip", "link", "set", f"pb{tag}vb", "up")
+        if nic_like:
+            # veth flatters: it passes UDP GSO packets whole.  Like a real NIC, segment
+            # them on the way out; coalesce them again with GRO on the way in.
+            self.run(self.na, "ethtool", "-K", f"pb{tag}va", "tx-udp-segmentation", "off")
+            self.run(self.nb, "ethtool", "-K", f"pb{tag}vb", "tx-udp-segmentation", "off")
+            for ns, dev in ((self.na, f"pb{tag}va"), (self.nb, f"pb{tag}vb")):
+                self.run(ns, "ethtool", "-K", dev, "gro", "on", "rx-udp-gro-forwarding", "on")
 
     @staticmethod
     def argv(ns: str | None, argv: tuple[str, ...] | list[str]) -> list[str]:
@@ -417,6 +425,8 @@ def main() -> int:
     ap.add_argument("--time", type=int, default=8, help="seconds per iperf3 run")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get the peers")
     ap.add_argument("--keep-logs", action="store_true")
+    ap.add_argument("--nic-like", action="store_true",
+                    help="make the veth segment UDP GSO sends in software, like a real NIC")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("throughput: must run as root (network namespaces).", file=sys.stderr)
@@ -426,7 +436,7 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="wow-bench-")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     results: dict[str, Any] = {}
-    topo = Topology(workdir)
+    topo = Topology(workdir, nic_like=args.nic_like)
     try:
         for name in args.paths.split(","):
             binary, starter = PATHS[name]
@@ -460,6 +470,7 @@ def main() -> int:
     results["ratios"] = ratios(results)
     results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                        "reps": args.reps, "seconds": args.time, "inner_mtu": INNER_MTU,
+                       "nic_like": args.nic_like,
                        "versions": versions()}
     if args.json:
         print(json.dumps(results, indent=2))

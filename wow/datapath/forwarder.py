@@ -222,7 +222,9 @@ def run(args: argparse.Namespace, reactor: Any) -> PointToPoint:
     _ip("link", "set", "dev", tap.name, "up")
     reactor.addReader(_Reader(tap.fileno(), fwd.from_tap, "tap"))
     reactor.addReader(_Reader(udp.fileno(), fwd.from_udp, "udp"))
-    LoopingCall(fwd.reassembler.expire).start(1.0, now=False)
+    sweep = LoopingCall(fwd.reassembler.expire)
+    sweep.clock = reactor
+    sweep.start(1.0, now=False)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: print("stats " + json.dumps(fwd.stats()), flush=True))
     return fwd

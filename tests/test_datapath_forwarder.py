@@ -16,7 +16,7 @@ from wow.datapath import forwarder as F
 from wow.datapath import pieces as P
 from wow.datapath import udpgso, vnet
 from wow.datapath.tapoffload import OffloadTap
-from wow.datapath.testing import FakeTapSyscalls, FakeUdpSocket, tcp_frame, udp_frame
+from wow.datapath.testing import FakeOffloadTapSyscalls, FakeUdpSocket, tcp_frame, udp_frame
 from wow.metrics import Counters
 
 A = ("10.99.0.1", 5555)
@@ -26,7 +26,7 @@ B = ("10.99.0.2", 5555)
 class Side:
     def __init__(self, peer: Any, *, vnet_hdr: bool = True, prefix: bytes = b"\0" * 44) -> None:
         self.counters = Counters()
-        self.tapsys = FakeTapSyscalls()
+        self.tapsys = FakeOffloadTapSyscalls()
         self.tap = OffloadTap("t", self.counters, syscalls=self.tapsys, vnet_hdr=vnet_hdr)
         self.tap.open()
         self.sock = FakeUdpSocket()

@@ -14,21 +14,21 @@ from zope.interface.verify import verifyObject
 
 from tests.netns import Lab, skip_reason
 from wow.datapath import tapoffload as T
-from wow.datapath.testing import FakeTapSyscalls
+from wow.datapath.testing import FakeOffloadTapSyscalls
 from wow.metrics import Counters
 
 
 class FakeTapTests(SynchronousTestCase):
-    def open(self, **kw: object) -> tuple[T.OffloadTap, FakeTapSyscalls, Counters]:
-        sys_ = FakeTapSyscalls(**kw)  # type: ignore[arg-type]
+    def open(self, **kw: object) -> tuple[T.OffloadTap, FakeOffloadTapSyscalls, Counters]:
+        sys_ = FakeOffloadTapSyscalls(**kw)  # type: ignore[arg-type]
         counters = Counters()
         tap = T.OffloadTap("wowtap0", counters, syscalls=sys_)
         tap.open()
         return tap, sys_, counters
 
     def test_interfaces(self) -> None:
-        verifyObject(T.ITapSyscalls, FakeTapSyscalls())
-        verifyObject(T.ITapSyscalls, T.RealTapSyscalls())
+        verifyObject(T.IOffloadTapSyscalls, FakeOffloadTapSyscalls())
+        verifyObject(T.IOffloadTapSyscalls, T.RealOffloadTapSyscalls())
 
     def test_full_offloads(self) -> None:
         tap, sys_, _ = self.open()
@@ -57,7 +57,7 @@ class FakeTapTests(SynchronousTestCase):
         self.assertNotIn(T.TUNSETOFFLOAD, [r for r, _ in sys_.ioctls])
 
     def test_plain_on_request(self) -> None:
-        sys_ = FakeTapSyscalls()
+        sys_ = FakeOffloadTapSyscalls()
         tap = T.OffloadTap("t", Counters(), syscalls=sys_, vnet_hdr=False)
         tap.open()
         self.assertEqual(tap.vnet_hdr_len, 0)
@@ -68,12 +68,12 @@ class FakeTapTests(SynchronousTestCase):
         self.assertEqual(counters.get("datapath_tap_setup_degraded", reason="gso-max-size"), 1)
 
     def test_tunsetiff_failure(self) -> None:
-        sys_ = FakeTapSyscalls()
+        sys_ = FakeOffloadTapSyscalls()
 
         def refuse(fd: int, request: int, arg: bytes | int) -> bytes | int:
             if request == T.TUNSETIFF:
                 raise OSError(errno.EPERM, "Operation not permitted")
-            return FakeTapSyscalls.ioctl(sys_, fd, request, arg)
+            return FakeOffloadTapSyscalls.ioctl(sys_, fd, request, arg)
 
         sys_.ioctl = refuse  # type: ignore[method-assign]
         tap = T.OffloadTap("t", Counters(), syscalls=sys_)

@@ -9,14 +9,15 @@ C{shared/anchors/README.md}).  Every frame read carries a 12-byte virtio-net
 header (L{wow.datapath.vnet}) that must travel with it, because the
 checksum is only partially computed.
 
-L{OffloadTap} exposes the small surface the IP router uses for any TAP:
+L{OffloadTap} exposes the small surface the IP router uses for any TAP
+(like C{wow.nic.tap}'s device: the router picks this one when offloads are on):
 C{fileno()}, C{read_batch()} (drain until C{EAGAIN}) and C{write()}, plus
 C{vnet_hdr_len} (12, or 0 when the kernel refused the header and the device
 is a plain TAP) so the caller knows where the frame starts in each buffer.
 
-Device syscalls go through an injectable L{ITapSyscalls} object so the logic
+Device syscalls go through an injectable L{IOffloadTapSyscalls} object so the logic
 (offload negotiation, draining, error accounting) is tested with a fake
-(C{wow.testing.FakeTapSyscalls}) and the same code runs on the real device.
+(C{wow.testing.FakeOffloadTapSyscalls}) and the same code runs on the real device.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class TapError(Exception):
     """The TAP cannot be opened; the message is one sentence for the operator."""
 
 
-class ITapSyscalls(Interface):
-    """The system calls a TAP needs (real: L{RealTapSyscalls}; fake: C{wow.testing})."""
+class IOffloadTapSyscalls(Interface):
+    """The system calls a TAP needs (real: L{RealOffloadTapSyscalls}; fake: C{wow.testing})."""
 
     def open(path: str, flags: int) -> int:
         """Open a device node, returning a descriptor."""
@@ -94,8 +95,8 @@ class ITapSyscalls(Interface):
         """Limit the super-frames the kernel builds for device C{name}."""
 
 
-@implementer(ITapSyscalls)
-class RealTapSyscalls:
+@implementer(IOffloadTapSyscalls)
+class RealOffloadTapSyscalls:
     def open(self, path: str, flags: int) -> int:
         return os.open(path, flags)
 
@@ -128,13 +129,14 @@ class OffloadTap:
     log = Logger()
 
     def __init__(self, name: str, counters: Counters, *,
-                 syscalls: ITapSyscalls | None = None, vnet_hdr: bool = True,
+                 syscalls: IOffloadTapSyscalls | None = None, vnet_hdr: bool = True,
                  offload_ladder: Sequence[int] = OFFLOAD_LADDER,
                  gso_max_size: int | None = DEFAULT_GSO_MAX_SIZE) -> None:
         self.requested_name = name
         self.name = name
         self.counters = counters
-        self.sys: ITapSyscalls = syscalls if syscalls is not None else RealTapSyscalls()
+        self.sys: IOffloadTapSyscalls = (
+            syscalls if syscalls is not None else RealOffloadTapSyscalls())
         self.want_vnet_hdr = vnet_hdr
         self.offload_ladder = tuple(offload_ladder)
         self.gso_max_size = gso_max_size

@@ -2,8 +2,8 @@
 In-memory fakes and frame builders for the data path's tests (and for the IP
 router's, which drives the same TAP and UDP surfaces).
 
-L{FakeTapSyscalls} stands in for the TAP's system calls (checked against
-L{ITapSyscalls} with C{verifyObject}); L{FakeUdpSocket} records what a
+L{FakeOffloadTapSyscalls} stands in for the TAP's system calls (checked against
+L{IOffloadTapSyscalls} with C{verifyObject}); L{FakeUdpSocket} records what a
 L{wow.datapath.udpgso.GsoUdp} sends and replays what it should receive;
 L{tcp_frame} / L{udp_frame} build Ethernet frames with a partial checksum
 as the kernel hands them out of an offloading TAP.
@@ -26,12 +26,12 @@ from wow.datapath.tapoffload import (
     TUNSETIFF,
     TUNSETOFFLOAD,
     TUNSETVNETHDRSZ,
-    ITapSyscalls,
+    IOffloadTapSyscalls,
 )
 
 
-@implementer(ITapSyscalls)
-class FakeTapSyscalls:
+@implementer(IOffloadTapSyscalls)
+class FakeOffloadTapSyscalls:
     """
     A TAP in memory: C{incoming} holds buffers the "kernel" will return from
     C{read}, C{written} collects what was written (parts joined), C{ioctls}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,6 +20,7 @@ def load() -> ModuleType:
         "bench_throughput", os.path.join(HERE, "bench", "throughput.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

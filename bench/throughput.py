@@ -183,6 +183,7 @@ def measure(topo: Topology, t: Tunnel, reps: int, seconds: int) -> dict[str, Any
     if not wait_ping(topo, t.dst):
         return {"error": f"no connectivity to {t.dst}"}
     topo.run(topo.na, "ping", "-c", "5", "-i", "0.1", "-q", t.dst, check=False)
+    ping_busy = round(wait_quiet(), 1)
     out = topo.run(topo.na, "ping", "-c", "20", "-i", "0.05", "-q", t.dst, check=False)
     rtt = None
     for line in out.stdout.decode().splitlines():
@@ -227,6 +228,7 @@ def measure(topo: Topology, t: Tunnel, reps: int, seconds: int) -> dict[str, Any
         "cpu_pct_send": None if cpu_a is None else round(cpu_a),
         "cpu_pct_recv": None if cpu_b is None else round(cpu_b),
         "host_busy_before_pct": busy,
+        "host_busy_before_ping_pct": ping_busy,
     }
     if t.label:
         result["label"] = t.label

@@ -248,7 +248,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     from twisted.internet import epollreactor
 
-    epollreactor.install()  # type: ignore[no-untyped-call]
+    if "twisted.internet.reactor" not in sys.modules:
+        epollreactor.install()  # type: ignore[no-untyped-call]
     from twisted.internet import reactor
 
     from wow.util.fatal import fatal

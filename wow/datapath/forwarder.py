@@ -112,7 +112,7 @@ class PointToPoint:
                 run = whole_run(data, seg, plen)
                 if run is not None:
                     count, end = run
-                    self.reassembler.completed_multi += 1
+                    self.reassembler.completed_whole()
                     self.deliver_parts(P.run_chunks(data, seg, plen, count, end))
                     if end == len(data):
                         continue

@@ -248,6 +248,11 @@ class Reassembler:
 
     # -- work -------------------------------------------------------------
 
+    def completed_whole(self) -> None:
+        """Count a message the caller took whole from a GRO burst (L{whole_run})."""
+        self.completed += 1
+        self.completed_multi += 1
+
     def _drop(self, reason: str) -> None:
         self.counters.inc(DROPPED, reason=reason)
 

@@ -25,6 +25,7 @@ from wow.metrics import Counters
 from wow.net.ethernet import ETH_P_IP, EthernetFrame, build_ethernet
 from wow.nic.arp import ArpResponder
 from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
+from wow.nic.offload import OffloadSyscalls, for_router, plain_frame
 from wow.nic.tap import (
     ITapDevice,
     ITapSyscalls,
@@ -54,7 +55,13 @@ class NicService(Service):
         self.config = config
         self.reactor = reactor
         self.counters = counters
-        self.syscalls: ITapSyscalls = syscalls or PytunSyscalls()
+        if syscalls is None:
+            syscalls = (OffloadSyscalls(counters) if getattr(config.tap, "offload", False)
+                        else PytunSyscalls())
+        self.syscalls: ITapSyscalls = syscalls
+        #: Set by the IP router: IPv4 frames from an offloading TAP go straight
+        #: to it as messages (L{wow.router.messages}), their vnet header kept.
+        self.fast_route: Any = None
         self.sink: IPacketSink = sink or UnroutedSink(counters, DropLog(reactor))
         self.allocator = allocator
         self.router_mac = router_mac_for(config.tap.name, config.tap.router_mac)
@@ -136,8 +143,29 @@ class NicService(Service):
         assert self.allocator is not None
         return DhcpServer(settings, self.allocator, self.reactor, self.counters)
 
+    @property
+    def vnet_hdr_len(self) -> int:
+        return int(getattr(self.device, "vnet_hdr_len", 0))
+
     def _frame_received(self, frame: bytes) -> None:
         assert self.dispatcher is not None
+        vlen = self.vnet_hdr_len
+        if vlen:
+            if self.fast_route is not None and for_router(
+                    frame, vlen, self.config.network.gateway_address.packed):
+                from wow.router.messages import from_tap
+
+                self.fast_route(from_tap(frame, vlen))
+                return
+            try:
+                plain = plain_frame(frame, vlen)
+            except ValueError:
+                self.counters.inc("frames_dropped", reason="bad-vnet-header")
+                return
+            if plain is None:
+                self.counters.inc("frames_dropped", reason="superframe-not-routed")
+                return
+            frame = plain
         self.dispatcher.frame_received(frame)
 
     def stopService(self) -> None:
@@ -169,6 +197,43 @@ class NicService(Service):
             return
         self.port.write_frame(build_ethernet(
             EthernetFrame(dst_mac, self.router_mac, ETH_P_IP, packet)))
+
+    def write_message(self, dst_mac: bytes, message: bytes) -> None:
+        """
+        Deliver one router message (L{wow.router.messages}: a packet, or a
+        super-frame behind its vnet header) to a client on the TAP: whole
+        when the TAP takes vnet headers, software-segmented when it does not.
+        """
+        from wow.router.messages import MessageError, is_plain, tap_writes
+
+        port = self.port
+        if port is None:
+            self.counters.inc("frames_dropped", reason="tap-down")
+            return
+        vlen = self.vnet_hdr_len
+        if not vlen and is_plain(message):
+            self.write_to_host(dst_mac, message)
+            return
+        eth = dst_mac + self.router_mac + b"\x08\x00"
+        try:
+            bufs = tap_writes(message, eth, bool(vlen))
+        except MessageError as e:
+            self.counters.inc("frames_dropped", reason=e.reason)
+            return
+        if not vlen:
+            self.counters.inc("tap_software_segmented", len(bufs))
+            for frame in bufs:
+                port.write_frame(frame)
+            return
+        try:
+            port.device.write_raw(bufs)  # type: ignore[attr-defined]
+        except OSError as e:
+            self.counters.inc("frames_dropped", reason="tap-write-error")
+            self.log.warn("writing to the TAP failed: {error}", error=e)
+            return
+        self.counters.inc("tap_frames_written")
+        if len(message) > 1500:
+            self.counters.inc("tap_superframes_written")
 
     # -- control ----------------------------------------------------------
 

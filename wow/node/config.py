@@ -62,6 +62,9 @@ class TapSection:
     router_mac: str = ""
     #: false = an overlay-only node (a pure bootstrap/relay node): no TAP.
     enabled: bool = True
+    #: true = IFF_VNET_HDR + TSO offloads on the TAP and UDP GSO/GRO on the
+    #: overlay socket: super-frames move as one overlay message (docs/architecture.md).
+    offload: bool = False
 
     def validate(self) -> None:
         if not self.name or len(self.name) > MAX_IFNAME:

@@ -24,7 +24,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wow import __version__
+from wow.datapath import pieces as P
+from wow.datapath import udpgso
 from wow.metrics import Counters
+from wow.overlay import datapath as D
 from wow.overlay import address as A
 from wow.overlay import wire as W
 from wow.overlay.dht import Dht, DhtError
@@ -83,6 +86,10 @@ class OverlayService(Service):
         self._loop: LoopingCall | None = None
         self._handlers: dict[int, Callable[[Delivery], None]] = {}
         self._observers: list[Callable[[str, Link], None]] = []
+        #: UDP GSO/GRO on the overlay socket (C{[tap] offload = true}), else None.
+        self.gso: udpgso.GsoUdp | None = None
+        #: Whole DATA messages taken from GRO bursts go here: (source, message).
+        self.fast_data: Callable[[int, bytes], None] | None = None
 
     # -- the API other parts use --------------------------------------------
 
@@ -97,6 +104,28 @@ class OverlayService(Service):
         if self.node is None:
             return False
         return self.node.send_to(address, kind, payload, mode)
+
+    def send_message(self, address: int, kind: int, msg_id: int, message: bytes) -> bool:
+        """
+        One data message of any size as numbered pieces: on a direct link in
+        one UDP GSO send (when the socket has it), else piece by piece
+        through overlay routing.  False if there was no route.
+        """
+        node = self.node
+        if node is None:
+            return False
+        link = node.table.links.get(address)
+        if link is not None and self.gso is not None and kind == W.DATA:
+            buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
+            link.last_sent = self.reactor.seconds()
+            node.sent += -(-len(buf) // seg)
+            self.gso.send_buffer(buf, seg, link.endpoint)
+            self.counters.inc("overlay_link_messages_sent")
+            return True
+        for piece in P.split(msg_id, message, D.PIECE_PAYLOAD):
+            if not node.send_to(address, kind, piece):
+                return False
+        return True
 
     def has_link(self, address: int) -> bool:
         return self.node is not None and self.node.has_link(address)
@@ -140,6 +169,8 @@ class OverlayService(Service):
         except CannotListenError as e:
             fatal("wow-node", f"cannot listen on UDP port {cfg.listen}: {e.socketError}")
         local_port = self.port.getHost().port
+        if getattr(getattr(self.config, "tap", None), "offload", False):
+            self._enable_offloads()
         self.node = node = OverlayNode(
             identity,
             send=self._send,
@@ -200,6 +231,58 @@ class OverlayService(Service):
     def received(self, data: bytes, addr: Endpoint) -> None:
         if self.node is not None:
             self.node.datagram_received(data, addr, self.reactor.seconds())
+
+    def _enable_offloads(self) -> None:
+        """UDP GSO for sends to direct links, UDP GRO for receives (docs/architecture.md)."""
+        sock = getattr(self.port, "socket", None)
+        if sock is None:
+            return
+        self.gso = udpgso.GsoUdp(sock, self.counters)
+        if self.gso.gro:
+            # Twisted's port reads one datagram per recvfrom and no ancillary
+            # data: with GRO on, this reader takes the coalesced bursts instead.
+            self.port.doRead = self.read_bursts
+        self.log.info("overlay offloads: gso {gso} gro {gro}", gso=self.gso.gso,
+                      gro=self.gso.gro)
+
+    def read_bursts(self) -> None:
+        """Drain the socket: whole DATA messages from links fast, everything else per datagram."""
+        node, gso = self.node, self.gso
+        if node is None or gso is None:
+            return
+        now = self.reactor.seconds()
+        me = A.to_bytes(node.me)
+        for data, seg, raw_addr in gso.recv_batch():
+            addr = (raw_addr[0], raw_addr[1])
+            if not seg or len(data) <= seg:
+                node.datagram_received(data, addr, now)
+                continue
+            if self.fast_data is not None:
+                burst = D.take_burst(data, seg, me, D.linked_address(node, addr))
+                if burst is not None:
+                    self._fast_burst(burst, addr, now)
+                    if burst.end >= len(data):
+                        continue
+                    data = data[burst.end:]
+            for d in udpgso.split(data, seg):
+                node.datagram_received(bytes(d), addr, now)
+
+    def _fast_burst(self, burst: D.Burst, addr: Endpoint, now: float) -> None:
+        node = self.node
+        assert node is not None and self.fast_data is not None
+        # One token per burst: an established link's bulk traffic is not a flood.
+        if not node.peer_data.allow(addr, now):
+            self.counters.inc("overlay_dropped", reason="rate-limited")
+            return
+        link = node.by_endpoint.get(addr)
+        if link is not None:
+            link.last_recv = now
+        self.counters.inc("overlay_fastpath_messages")
+        try:
+            self.fast_data(burst.src, burst.message)
+        except Exception:
+            self.log.failure("fast data handler failed")
+            self.counters.inc("overlay_dropped", reason="internal-error")
 
     def _tick(self) -> None:
         if self.node is not None:

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from wow.metrics import Counters
 from wow.router.cache import AddressCache, Outcome
+from wow.router.messages import MessageError, ip_offset
 
 #: Minimum IPv4 header.
 MIN_IPV4 = 20
@@ -72,12 +73,27 @@ class IpRouter:
 
     # -- outbound ---------------------------------------------------------
 
+    def _addresses(self, message: bytes, direction: str) -> tuple[bytes, bytes] | None:
+        """(source, destination) of the IPv4 packet in a message (L{wow.router.messages})."""
+        try:
+            o = ip_offset(message)
+        except MessageError:
+            self._drop("malformed", direction)
+            return None
+        if len(message) < o + MIN_IPV4:
+            self._drop("malformed", direction)
+            return None
+        return message[o + 12:o + 16], message[o + 16:o + 20]
+
     def outbound(self, packet: bytes, now: float) -> None:
-        """An IPv4 packet a local client sent into the TAP."""
-        if len(packet) < MIN_IPV4 or packet[0] >> 4 != 4:
-            self._drop("malformed", "out")
+        """
+        An IPv4 packet a local client sent into the TAP (or a message: the
+        packet behind a compact vnet header, forwarded whole).
+        """
+        found = self._addresses(packet, "out")
+        if found is None:
             return
-        src, dst = packet[12:16], packet[16:20]
+        src, dst = found
         if self.clients.mac_of(src) is None:
             # only addresses leased to our own clients may leave this node
             self._drop("source-not-leased-here", "out")
@@ -107,11 +123,11 @@ class IpRouter:
     # -- inbound ----------------------------------------------------------
 
     def inbound(self, sender: int, packet: bytes, now: float) -> None:
-        """An IPv4 packet that arrived over the overlay from C{sender}."""
-        if len(packet) < MIN_IPV4 or packet[0] >> 4 != 4:
-            self._drop("malformed", "in")
+        """An IPv4 packet (or message) that arrived over the overlay from C{sender}."""
+        found = self._addresses(packet, "in")
+        if found is None:
             return
-        src, dst = packet[12:16], packet[16:20]
+        src, dst = found
         mac = self.clients.mac_of(dst)
         if mac is None:
             self._drop("destination-not-leased-here", "in")
@@ -150,7 +166,8 @@ class IpRouter:
             if owner_bytes is None or sender_bytes != owner_bytes:
                 self._drop("spoofed-source", "in")
                 continue
-            mac = self.clients.mac_of(packet[16:20])
+            o = ip_offset(packet)  # checked when queued
+            mac = self.clients.mac_of(packet[o + 16:o + 20])
             if mac is None:
                 self._drop("destination-not-leased-here", "in")
                 continue

@@ -18,11 +18,14 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wow.datapath.pieces import Reassembler
 from wow.dhcp.dhtclient import DhtEntry, IDhtClient, lease_key
 from wow.metrics import Counters
 from wow.overlay import wire as W
+from wow.router import messages as M
 from wow.router.router import IpRouter
 
 #: How long one lease lookup may take before its packets are dropped.
@@ -49,17 +52,33 @@ class RouterService(Service):
         self._ids = itertools.count()
         self._lookups: dict[bytes, Any] = {}
         self._traffic: dict[int, int] = {}
+        #: Messages larger than one datagram arrive as pieces (bounded, timed out).
+        self.reassembler = Reassembler(reactor, counters)
+        self._sweep: LoopingCall | None = None
+        tap = getattr(getattr(nic, "config", None), "tap", None)
+        #: Plain packets longer than this with DF set get ICMP "fragmentation needed".
+        self.mtu: int = getattr(tap, "mtu", 0) or 0
 
     def startService(self) -> None:
         super().startService()
         me = self.overlay.address
         assert me is not None, "the overlay starts before the router"
+        write = getattr(self.nic, "write_message", self.nic.write_to_host)
         self.router = IpRouter(self.network, me, self.nic, self._send_to_peer,
-                               self.nic.write_to_host, self._start_lookup, self.counters)
+                               write, self._start_lookup, self.counters)
         self.overlay.register_handler(W.DATA, self._delivered)
+        if hasattr(self.overlay, "fast_data"):
+            self.overlay.fast_data = self.data_message
+        if hasattr(self.nic, "fast_route"):
+            self.nic.fast_route = self.route
+        self._sweep = LoopingCall(self.reassembler.expire)
+        self._sweep.clock = self.reactor
+        self._sweep.start(1.0, now=False)
 
     def stopService(self) -> None:
         super().stopService()
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
         for call in self._lookups.values():
             if call.active():
                 call.cancel()
@@ -68,20 +87,49 @@ class RouterService(Service):
     # -- the TAP side -------------------------------------------------------
 
     def route(self, raw: bytes) -> None:
-        """An IPv4 packet from a host on the TAP, not for the gateway."""
+        """
+        An IPv4 packet from a host on the TAP, not for the gateway, or a
+        message (L{wow.router.messages}: a super-frame behind its vnet header).
+        """
         if self.router is None:
             self.counters.inc("ip_dropped", reason="router-down", direction="out")
             return
+        if self.mtu and len(raw) > self.mtu and not M.is_gso(raw) and self._too_big(raw):
+            return
         self.router.outbound(raw, self.reactor.seconds())
+
+    def _too_big(self, message: bytes) -> bool:
+        """
+        A packet longer than the TAP MTU with DF set: answer ICMP
+        "fragmentation needed" with the TAP MTU, as a router on the path would.
+        """
+        try:
+            off = M.ip_offset(message)
+        except M.MessageError:
+            return False
+        if not M.needs_frag(message, off, self.mtu):
+            return False
+        packet = message[off:]
+        self.counters.inc("ip_dropped", reason="frag-needed", direction="out")
+        mac = self.nic.mac_of(packet[12:16])
+        gateway = getattr(getattr(getattr(self.nic, "config", None), "network", None),
+                          "gateway_address", None)
+        if mac is not None and gateway is not None:
+            self.nic.write_to_host(mac, M.frag_needed(packet, gateway.packed, self.mtu))
+            self.counters.inc("icmp_frag_needed_sent")
+        return True
 
     # -- the overlay side ---------------------------------------------------
 
     def _send_to_peer(self, address: int, packet: bytes) -> None:
-        header = W.DATA_HEADER.pack(next(self._ids) & 0xFFFFFFFF, 0, 1)
+        msg_id = next(self._ids) & 0xFFFFFFFF
+        header = W.DATA_HEADER.pack(msg_id, 0, 1)
         if len(packet) + len(header) > W.MAX_PAYLOAD:
-            self.counters.inc("ip_dropped", reason="too-big-for-path", direction="out")
-            return
-        if not self.overlay.send_to(address, W.DATA, header + packet):
+            # Numbered pieces of one message: one GSO send on a direct link.
+            sent = self.overlay.send_message(address, W.DATA, msg_id, packet)
+        else:
+            sent = self.overlay.send_to(address, W.DATA, header + packet)
+        if not sent:
             self.counters.inc("ip_dropped", reason="no-overlay-route", direction="out")
             return
         self._want_direct(address)
@@ -105,12 +153,21 @@ class RouterService(Service):
             self.counters.inc("ip_dropped", reason="malformed-data", direction="in")
             return
         _, index, count = W.DATA_HEADER.unpack_from(payload)
-        if count != 1 or index != 0:
-            self.counters.inc("ip_dropped", reason="pieces-unsupported", direction="in")
+        if count == 1 and index == 0:
+            message: bytes | None = payload[W.DATA_HEADER.size:]
+        else:
+            message = self.reassembler.add(delivery.src, payload)
+            if message is None:
+                return
+        self.data_message(delivery.src, message)
+
+    def data_message(self, src: int, message: bytes) -> None:
+        """A whole data message from overlay address C{src} (reassembled, or a GRO burst)."""
+        if self.router is None:
+            self.counters.inc("ip_dropped", reason="router-down", direction="in")
             return
-        assert self.router is not None
-        self.router.inbound(delivery.src, payload[W.DATA_HEADER.size:], self.reactor.seconds())
-        self.overlay.touch(delivery.src)
+        self.router.inbound(src, message, self.reactor.seconds())
+        self.overlay.touch(src)
 
     # -- lookups ------------------------------------------------------------
 

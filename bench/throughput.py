@@ -12,13 +12,20 @@ processes during the iperf3 runs, in % of one core (send side + receive side).
 
 Paths:
   raw           the veth itself (kernel, GSO/GRO on)
+  wow           the full node: C{twistd wow-node} in each namespace (DHT leases,
+                each bootstrapping the other, C{[tap] offload = true}), the host's
+                own dhclient on each TAP; also reports C{join_s}
+  wow_plain     the same with C{[tap] offload = false} (one packet per call)
   wow_datapath  WOW's data path alone: L{wow.datapath.forwarder} (offloading TAP,
                 pieces, UDP GSO/GRO) between the two namespaces -- no overlay, no
                 routing, no security; B{not} the full node
   nebula, tinc, openvpn   the peers, if installed (C{--install} fetches them from Debian)
 
-A C{wow} path (the full node) is one more function in L{PATHS} that starts
-both ends and returns a L{Tunnel}; L{ratios} then compares it too.
+C{join_s} (path C{wow}): a WOW runs (node a, whose host holds a DHT lease,
+and an overlay-only node c beside it, since DHT leases need two nodes); node b
+joins it: from starting b's C{twistd wow-node} to the first ping reply from a's
+host to b's host over the overlay (b starts and links, its host's dhclient
+gets a DHT lease, the lease lookup runs); C{bound_s}: until b's host bound.
 
 Usage: C{flock /tmp/wow-bench.lock .venv/bin/python bench/throughput.py --json}
 (C{--nic-like}: the veth segments UDP GSO sends in software, as a real NIC would.)
@@ -62,6 +69,8 @@ class Tunnel:
     side_a: list[subprocess.Popen[bytes]] = field(default_factory=list)
     side_b: list[subprocess.Popen[bytes]] = field(default_factory=list)
     label: str = ""
+    #: Figures measured while starting (the wow path's join_s).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Topology:
@@ -232,6 +241,7 @@ def measure(topo: Topology, t: Tunnel, reps: int, seconds: int) -> dict[str, Any
     }
     if t.label:
         result["label"] = t.label
+    result.update(t.extra)
     if errors:
         result["errors"] = errors
     return result
@@ -273,6 +283,118 @@ def path_wow_datapath_plain(topo: Topology) -> Tunnel:
     a, b = _forwarders(topo, "wow_datapath_plain", "10.100.10", "--no-offload")
     return Tunnel("10.100.10.2", [a], [b],
                   "the same forwarder one packet per call (plain TAP, no GSO/GRO)")
+
+
+WOW_PORT = 4789
+WOW_CONFIG = """
+[dhcp]
+mode = "dht"
+lease_time = 600
+[overlay]
+keepalive = 1.0
+dead_after = 6.0
+stabilize = 2.0
+[security]
+enabled = false
+[tap]
+{tap}
+"""
+
+
+def _bound(events: str) -> str | None:
+    try:
+        with open(events) as f:
+            for ln in f:
+                parts = ln.split()
+                if parts[:1] in (["BOUND"], ["REBOOT"]) and len(parts) > 1:
+                    return parts[1]
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _wow_nodes(topo: Topology, name: str, offload: bool) -> Tunnel:
+    from wow.demo.clients import dhclient_argv
+
+    py = python_for_wow()
+    base = os.path.join(topo.workdir, name)
+    os.makedirs(base)
+    configs = {}
+    for kind, tap in (("node", f"offload = {'true' if offload else 'false'}"),
+                      ("relay", "enabled = false")):
+        configs[kind] = os.path.join(base, f"{kind}.toml")
+        with open(configs[kind], "w") as f:
+            f.write(WOW_CONFIG.format(tap=tap))
+    # a and c (an overlay-only node next to a) form the WOW; b joins it.
+    sides = {"a": (topo.na, WOW_PORT, UNDER_A, WOW_PORT + 1),
+             "c": (topo.na, WOW_PORT + 1, UNDER_A, WOW_PORT),
+             "b": (topo.nb, WOW_PORT, UNDER_A, WOW_PORT)}
+    nodes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(side: str) -> None:
+        ns, port, peer, peer_port = sides[side]
+        d = os.path.join(base, side)
+        os.makedirs(d)
+        tap = f"{name[:8]}{side}"
+        nodes[side] = topo.spawn(ns, [
+            py, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile",
+            os.path.join(d, "twistd.pid"), "wow-node", "--config",
+            configs["relay" if side == "c" else "node"], "--state-dir",
+            os.path.join(d, "state"), "--tap", tap, "--listen", str(port),
+            "--bootstrap", f"udp://{peer}:{peer_port}"], f"{name}-{side}")
+        deadline = time.monotonic() + 30
+        ready = "overlay ready" if side == "c" else "wow-node ready"
+        while ready not in topo.log_text(f"{name}-{side}"):
+            if time.monotonic() > deadline or nodes[side].poll() is not None:
+                raise RuntimeError(f"{name}-{side}: the node did not start")
+            time.sleep(0.02)
+        if side != "c":
+            # The host's own DHCP client, as soon as the TAP exists.
+            topo.spawn(ns, dhclient_argv(tap, d, timeout=60), f"{name}-dhclient-{side}")
+
+    def bound(side: str, limit: float) -> str | None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            ip = _bound(os.path.join(base, side, "dhclient-events.log"))
+            if ip:
+                return ip
+            time.sleep(0.02)
+        return None
+
+    # The WOW exists: node a (its host bound) and c.  Then node b joins it (t0).
+    start("c")
+    start("a")
+    ip_a = bound("a", 45)
+    if ip_a is None:
+        raise RuntimeError(f"{name}: the first host did not get a virtual IP")
+    t0 = time.monotonic()
+    start("b")
+    ip_b = bound("b", 45)
+    if ip_b is None:
+        raise RuntimeError(f"{name}: the joining host did not get a virtual IP")
+    bound_s = time.monotonic() - t0
+    joined = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = topo.run(topo.nb, "ping", "-c1", "-W1", "-q", ip_a, check=False)
+        if r.returncode == 0:
+            joined = time.monotonic() - t0
+            break
+    if joined is None:
+        raise RuntimeError(f"{name}: no ping reply from the other node")
+    ips = {"a": ip_a, "b": ip_b}
+    label = ("WOW node end to end: twistd wow-node x2, DHT leases, dhclient, "
+             + ("offload TAP + UDP GSO/GRO" if offload else "plain TAP, one packet per call"))
+    return Tunnel(ips["b"], [nodes["a"]], [nodes["b"]], label,
+                  extra={"join_s": round(joined, 2), "bound_s": round(bound_s, 2)})
+
+
+def path_wow(topo: Topology) -> Tunnel:
+    return _wow_nodes(topo, "wow", True)
+
+
+def path_wow_plain(topo: Topology) -> Tunnel:
+    return _wow_nodes(topo, "wowplain", False)
 
 
 def path_nebula(topo: Topology) -> Tunnel:
@@ -368,15 +490,17 @@ def path_openvpn(topo: Topology) -> Tunnel:
 #: name -> (binary that must be installed, or None; starter)
 PATHS: dict[str, tuple[str | None, Callable[[Topology], Tunnel]]] = {
     "raw": (None, path_raw),
+    "wow": ("dhclient", path_wow),
+    "wow_plain": ("dhclient", path_wow_plain),
     "wow_datapath": (None, path_wow_datapath),
     "wow_datapath_plain": (None, path_wow_datapath_plain),
     "nebula": ("nebula", path_nebula),
     "tinc": ("tincd", path_tinc),
     "openvpn": ("openvpn", path_openvpn),
 }
-DEFAULT_PATHS = ("raw", "wow_datapath", "nebula", "tinc", "openvpn")
+DEFAULT_PATHS = ("raw", "wow", "wow_datapath", "nebula", "tinc", "openvpn")
 #: Paths that are WOW's, compared with every other (non-raw) path in "ratios".
-WOW_PATHS = ("wow", "wow_datapath", "wow_datapath_plain")
+WOW_PATHS = ("wow", "wow_plain", "wow_datapath", "wow_datapath_plain")
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -498,7 +498,7 @@ PATHS: dict[str, tuple[str | None, Callable[[Topology], Tunnel]]] = {
     "tinc": ("tincd", path_tinc),
     "openvpn": ("openvpn", path_openvpn),
 }
-DEFAULT_PATHS = ("raw", "wow", "wow_datapath", "nebula", "tinc", "openvpn")
+DEFAULT_PATHS = ("raw", "wow_datapath", "wow", "nebula", "tinc", "openvpn")
 #: Paths that are WOW's, compared with every other (non-raw) path in "ratios".
 WOW_PATHS = ("wow", "wow_plain", "wow_datapath", "wow_datapath_plain")
 

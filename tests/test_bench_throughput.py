@@ -52,3 +52,8 @@ class RatiosTests(SynchronousTestCase):
         for name in self.bench.DEFAULT_PATHS:
             self.assertIn(name, self.bench.PATHS)
         self.assertEqual(self.bench.DEFAULT_PATHS[:2], ("raw", "wow_datapath"))
+
+    def test_the_full_node_is_measured_by_default(self) -> None:
+        self.assertIn("wow", self.bench.DEFAULT_PATHS)
+        self.assertIn("wow", self.bench.WOW_PATHS)
+        self.assertEqual(self.bench.PATHS["wow"][0], "dhclient")

@@ -351,3 +351,64 @@ class NicSplitTests(SynchronousTestCase):
         self.assertEqual(plain_frame(vnet.PLAIN_BYTES + frame, 12), frame)
         gh, gframe = tcp_frame(b"g" * 4000, mss=1300)
         self.assertIsNone(plain_frame(gh.pack() + gframe, 12))
+
+
+class FakeGso:
+    def __init__(self, batches: list[tuple[bytes, int, Any]]) -> None:
+        self.batches = batches
+
+    def recv_batch(self) -> list[tuple[bytes, int, Any]]:
+        out, self.batches = self.batches, []
+        return out
+
+
+class ReadBurstsTests(SynchronousTestCase):
+    """L{OverlayService.read_bursts}: GRO bursts from links fast, the rest per datagram."""
+
+    def setUp(self) -> None:
+        from wow.overlay.service import OverlayService
+
+        self.net = ring(2, real_crypto=False, seed=5)
+        self.node = next(iter(self.net.by_address.values()))
+        self.link = next(iter(self.node.table.links.values()))
+        self.clock = Clock()
+        self.clock.advance(self.net.now)
+        self.svc = OverlayService(None, self.clock, self.net.counters)
+        self.svc.node = self.node
+        self.got: list[tuple[int, bytes]] = []
+        self.svc.fast_data = lambda src, m: self.got.append((src, m))
+        self.delivered: list[bytes] = []
+        self.node.register_handler(W.DATA, lambda d: self.delivered.append(d.payload))
+
+    def test_whole_message_from_a_link_takes_the_fast_path(self) -> None:
+        message = b"m" * 30000
+        buf, seg = D.pack_for_link(self.link.address, self.node.me, 64, 5, message)
+        self.svc.gso = FakeGso([(bytes(buf), seg, self.link.endpoint)])  # type: ignore
+        self.svc.read_bursts()
+        self.assertEqual(self.got, [(self.link.address, message)])
+        self.assertEqual(self.net.counters.get("overlay_fastpath_messages"), 1)
+        self.assertEqual(self.delivered, [])
+
+    def test_partial_burst_goes_piece_by_piece(self) -> None:
+        message = b"m" * 30000
+        buf, seg = D.pack_for_link(self.link.address, self.node.me, 64, 5, message)
+        part = bytes(buf[seg:seg * 4])  # pieces 1-3 only
+        self.svc.gso = FakeGso([(part, seg, self.link.endpoint)])  # type: ignore
+        self.svc.read_bursts()
+        self.assertEqual(self.got, [])
+        self.assertEqual(len(self.delivered), 3)  # each through the overlay's routing
+
+    def test_stranger_burst_is_not_taken(self) -> None:
+        message = b"m" * 30000
+        buf, seg = D.pack_for_link(self.link.address, self.node.me, 64, 5, message)
+        self.svc.gso = FakeGso([(bytes(buf), seg, ("192.0.2.7", 7))])  # type: ignore
+        self.svc.read_bursts()
+        self.assertEqual(self.got, [])
+        self.assertEqual(self.delivered, [])
+        self.assertGreater(self.net.counters.get("overlay_dropped", reason="not-linked"), 0)
+
+    @given(st.binary(max_size=3000), st.integers(min_value=0, max_value=1500))
+    def test_take_burst_fuzz(self, data: bytes, seg: int) -> None:
+        b = D.take_burst(data, seg, A.to_bytes(ME), PEER)
+        if b is not None:
+            self.assertEqual(b.src, PEER)

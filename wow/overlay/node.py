@@ -133,6 +133,8 @@ class OverlayNode:
         self.answering: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
+        #: Linked peers silent for longer than keepalive + probe.
+        self.suspects: set[int] = set()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -712,11 +714,14 @@ class OverlayNode:
             if now >= ans.expires:
                 del self.answering[a]
         wanted = self.table.wanted()
+        suspects = set()
         for link in list(self.table.links.values()):
             silent = now - link.last_recv
             if silent > p.dead_after:
                 self._link_down(link, "timeout", notify=False)
                 continue
+            if silent > p.keepalive + p.probe:
+                suspects.add(link.address)
             if link.owned and link.address not in wanted and now - link.created > p.trim_grace:
                 self._link_down(link, "trim", notify=True)
                 continue
@@ -726,6 +731,11 @@ class OverlayNode:
                 link.ping_seq = (link.ping_seq + 1) & 0xFFFFFFFF
                 link.last_ping = link.ping_sent_at = now
                 self._send_link(link, W.PING, link.ping_seq.to_bytes(4, "big"), now)
+        if suspects != self.suspects:
+            # Silent neighbours are probably gone: copy DHT records to the
+            # next replicas now instead of after dead_after.
+            self.suspects = suspects
+            self.dht.membership_changed(now)
         if self.table.links and self.table.finger_count() != self._finger_count:
             self._finger_count = self.table.finger_count()
             for t in self.table.finger_targets():

@@ -504,8 +504,8 @@ class Dht:
             self.root_ops[op.op] = op
             op.timer = self.node.call_later(self.node.params.dht_timeout / 2,
                                             lambda now: self._finish(op, now))
-            for r in op.waiting:
-                self._to(r, op.msg)
+            for replica in op.waiting:
+                self._to(replica, op.msg)
             return
         if op.action == "get":
             merged = {k: r for k, r in op.values.items()}

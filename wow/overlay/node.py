@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,9 @@ class OverlayNode:
         self._adopt: set[int] = set()
         #: Linked peers silent for longer than keepalive + probe.
         self.suspects: set[int] = set()
+        #: Recently seen peers (address -> endpoint): fallback bootstraps
+        #: for when every link and every configured bootstrap is gone.
+        self.known: OrderedDict[int, Endpoint] = OrderedDict()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -317,9 +321,14 @@ class OverlayNode:
                 if link.bootstrap:
                     # The bootstrap node has the link now: route our join
                     # through it.  Its neighbours are somewhere else on the
-                    # ring, so linking to them would only be undone later.
+                    # ring, so linking to them would only be undone later;
+                    # we only remember them in case the bootstrap dies.
                     link.bootstrap = False
                     self._send_join(now)
+                    for e in m.get("l", [])[:4] if isinstance(m.get("l"), list) else []:
+                        if isinstance(e, list) and len(e) == 3 and isinstance(e[0], bytes) \
+                                and len(e[0]) == A.SIZE:
+                            self._remember(A.from_bytes(e[0]), W.as_endpoint(e[1:]))
                 else:
                     self._on_neighbours(m, link, now)
                     self._maybe_correct(m, link, now)
@@ -516,6 +525,7 @@ class OverlayNode:
             self._link_down(stale, "endpoint-reused", notify=False)
         self.table.add(link)
         self.by_endpoint[link.endpoint] = link
+        self._remember(link.address, link.endpoint)
         self.failed.pop(link.address, None)
         self.counters.inc("overlay_links_up")
         if greet:
@@ -592,6 +602,8 @@ class OverlayNode:
             addr = A.from_bytes(e[0])
             if addr != me and addr not in links:
                 offered[addr] = e
+                if len(self.known) < 8:
+                    self._remember(addr, W.as_endpoint(e[1:]))
         if not offered:
             return
         # Dial only the offered nodes that would be among our near
@@ -662,9 +674,20 @@ class OverlayNode:
             # Linked, but the peer speaks from elsewhere now: it restarted.
         self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
 
+    def _remember(self, address: int, endpoint: Endpoint) -> None:
+        known = self.known
+        known[address] = endpoint
+        known.move_to_end(address)
+        if len(known) > 32:
+            known.popitem(last=False)
+
     def _join(self, now: float) -> None:
         for ep in self.bootstrap:
             if ep != self.local_endpoint:
+                self.dial(ep, None, owned=True)
+        if not self.table.links:
+            # The configured bootstraps may be gone too: try peers we met.
+            for address, ep in list(self.known.items())[-4:]:
                 self.dial(ep, None, owned=True)
 
     def _join_check(self, now: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,11 @@ class OverlayNode:
         self.answering: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
+        #: Linked peers silent for longer than keepalive + probe.
+        self.suspects: set[int] = set()
+        #: Recently seen peers (address -> endpoint): fallback bootstraps
+        #: for when every link and every configured bootstrap is gone.
+        self.known: OrderedDict[int, Endpoint] = OrderedDict()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -320,9 +326,14 @@ class OverlayNode:
                 if link.bootstrap:
                     # The bootstrap node has the link now: route our join
                     # through it.  Its neighbours are somewhere else on the
-                    # ring, so linking to them would only be undone later.
+                    # ring, so linking to them would only be undone later;
+                    # we only remember them in case the bootstrap dies.
                     link.bootstrap = False
                     self._send_join(now)
+                    for e in m.get("l", [])[:4] if isinstance(m.get("l"), list) else []:
+                        if isinstance(e, list) and len(e) == 3 and isinstance(e[0], bytes) \
+                                and len(e[0]) == A.SIZE:
+                            self._remember(A.from_bytes(e[0]), W.as_endpoint(e[1:]))
                 else:
                     self._on_neighbours(m, link, now)
                     self._maybe_correct(m, link, now)
@@ -519,6 +530,7 @@ class OverlayNode:
             self._link_down(stale, "endpoint-reused", notify=False)
         self.table.add(link)
         self.by_endpoint[link.endpoint] = link
+        self._remember(link.address, link.endpoint)
         self.failed.pop(link.address, None)
         self.counters.inc("overlay_links_up")
         if greet:
@@ -595,6 +607,8 @@ class OverlayNode:
             addr = A.from_bytes(e[0])
             if addr != me and addr not in links:
                 offered[addr] = e
+                if len(self.known) < 8:
+                    self._remember(addr, W.as_endpoint(e[1:]))
         if not offered:
             return
         # Dial only the offered nodes that would be among our near
@@ -665,9 +679,20 @@ class OverlayNode:
             # Linked, but the peer speaks from elsewhere now: it restarted.
         self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
 
+    def _remember(self, address: int, endpoint: Endpoint) -> None:
+        known = self.known
+        known[address] = endpoint
+        known.move_to_end(address)
+        if len(known) > 32:
+            known.popitem(last=False)
+
     def _join(self, now: float) -> None:
         for ep in self.bootstrap:
             if ep != self.local_endpoint:
+                self.dial(ep, None, owned=True)
+        if not self.table.links:
+            # The configured bootstraps may be gone too: try peers we met.
+            for address, ep in list(self.known.items())[-4:]:
                 self.dial(ep, None, owned=True)
 
     def _join_check(self, now: float) -> None:
@@ -717,11 +742,14 @@ class OverlayNode:
             if now >= ans.expires:
                 del self.answering[a]
         wanted = self.table.wanted() | self._ondemand_wanted(now)
+        suspects = set()
         for link in list(self.table.links.values()):
             silent = now - link.last_recv
             if silent > p.dead_after:
                 self._link_down(link, "timeout", notify=False)
                 continue
+            if silent > p.keepalive + p.probe:
+                suspects.add(link.address)
             if link.owned and link.address not in wanted and now - link.created > p.trim_grace:
                 self._link_down(link, "trim", notify=True)
                 continue
@@ -731,6 +759,11 @@ class OverlayNode:
                 link.ping_seq = (link.ping_seq + 1) & 0xFFFFFFFF
                 link.last_ping = link.ping_sent_at = now
                 self._send_link(link, W.PING, link.ping_seq.to_bytes(4, "big"), now)
+        if suspects != self.suspects:
+            # Silent neighbours are probably gone: copy DHT records to the
+            # next replicas now instead of after dead_after.
+            self.suspects = suspects
+            self.dht.membership_changed(now)
         if self.table.links and self.table.finger_count() != self._finger_count:
             self._finger_count = self.table.finger_count()
             for t in self.table.finger_targets():

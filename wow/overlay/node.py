@@ -677,7 +677,19 @@ class OverlayNode:
                     self._send_neighbours(link, now)
                 return
             # Linked, but the peer speaks from elsewhere now: it restarted.
-        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
+        punched_back = bool(m.get("p"))
+        self.dial(endpoint, hdr.src, ctm=not punched_back, owned=punched_back,
+                  replace=link is not None)
+        if m.get("o") and not punched_back and link is None:
+            # An on-demand request (the requester is routable: it is in the
+            # ring and sends traffic): ask it to dial us at the same moment: each side's
+            # first packet opens its own NAT for the other's (hole punching
+            # through endpoint-independent mappings).
+            mine = self._endpoints()
+            if mine:
+                self.counters.inc("overlay_punch_back")
+                self.send_to(hdr.src, W.CTRL,
+                             W.encode({"op": "ctm", "e": mine, "j": False, "p": True}), W.EXACT)
 
     def _remember(self, address: int, endpoint: Endpoint) -> None:
         known = self.known
@@ -880,7 +892,8 @@ class OverlayNode:
         if not eps:
             return
         self.counters.inc("overlay_ondemand_requests")
-        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False}), W.EXACT)
+        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False, "o": True}),
+                     W.EXACT)
 
     def touch(self, address: int) -> None:
         """Traffic to or from C{address}: keep its on-demand link."""

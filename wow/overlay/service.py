@@ -83,6 +83,7 @@ class OverlayService(Service):
         self._loop: LoopingCall | None = None
         self._handlers: dict[int, Callable[[Delivery], None]] = {}
         self._observers: list[Callable[[str, Link], None]] = []
+        self._sources: dict[str, str] = {}
 
     # -- the API other parts use --------------------------------------------
 
@@ -150,6 +151,7 @@ class OverlayService(Service):
         )
         if interface:
             node.local_endpoint = (interface, local_port)
+        node.local_for = self._local_for
         for kind, handler in self._handlers.items():
             node.register_handler(kind, handler)
         for obs in self._observers:
@@ -230,6 +232,7 @@ class OverlayService(Service):
 
         add_status_section(control, "overlay", self.control_status)
         control.register("peers", self.control_peers)
+        control.register("netcheck", self.control_netcheck)
         for op in ("get", "put", "create", "delete"):
             control.register(f"dht.{op}", lambda args, op=op: self.control_dht(op, args))
 
@@ -248,6 +251,37 @@ class OverlayService(Service):
         if self.node is None:
             return []
         return self.node.peers_info(self.reactor.seconds())
+
+    def control_netcheck(self, args: dict[str, Any]) -> dict[str, Any]:
+        from wow.control.server import CommandError
+
+        if self.node is None:
+            raise CommandError("the overlay is not running")
+        return self.node.netcheck(self.reactor.seconds())
+
+    def _local_for(self, destination: Endpoint) -> Endpoint:
+        """
+        Our local endpoint toward C{destination}: the source address the
+        kernel picks for it (a connected UDP socket sends nothing) and our port.
+        """
+        port = self.port.getHost().port if self.port is not None else 0
+        interface = self.config.overlay.interface
+        if interface:
+            return (interface, port)
+        cached = self._sources.get(destination[0])
+        if cached is None:
+            import socket
+
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.connect((destination[0], destination[1] or 9))
+                    cached = s.getsockname()[0]
+            except OSError:
+                cached = "0.0.0.0"
+            if len(self._sources) > 256:
+                self._sources.clear()
+            self._sources[destination[0]] = cached
+        return (cached, port)
 
     def control_dht(self, op: str, args: dict[str, Any]) -> Deferred[Any]:
         from wow.control.server import CommandError

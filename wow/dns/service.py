@@ -184,6 +184,8 @@ class NodeDns(Service):
         self.claims = NameClaims(kv or MemoryAtomicStore(reactor), network.subnet, domain_wire,
                                  store, reactor, self.counters)
         self.names: dict[str, bytes] = {}
+        # The hot path's plain counts, moved into the counters on each scrape.
+        self.counters.add_refresher(self.engine.flush_counts)
 
     def answer(self, query: bytes, client_ip: str) -> Answer:
         """The response to one query from the TAP (see L{DnsEngine.answer})."""

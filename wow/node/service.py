@@ -91,6 +91,7 @@ class NodeService(MultiService):
 
                 self.enroller = node_enroller(config, reactor, self.nic.host_ip)
                 if self.enroller is not None:
+                    self.enroller.counters = self.counters
                     self.enroller.setServiceParent(self)
         # wow ping: overlay echo to an address, a virtual IP or a name.
         from wow.node.ping import PingCommand

@@ -84,6 +84,10 @@ class OverlayService(Service):
         self._handlers: dict[int, Callable[[Delivery], None]] = {}
         self._observers: list[Callable[[str, Link], None]] = []
         self._sources: dict[str, str] = {}
+        #: Plain ints on the hot path, moved into the counters on each read.
+        self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
+        self._io_reported = [0, 0, 0, 0]
+        self.counters.add_refresher(self._refresh_metrics)
 
     # -- the API other parts use --------------------------------------------
 
@@ -200,6 +204,9 @@ class OverlayService(Service):
     # -- I/O ------------------------------------------------------------------
 
     def received(self, data: bytes, addr: Endpoint) -> None:
+        io = self._io
+        io[0] += 1
+        io[1] += len(data)
         if self.node is not None:
             self.node.datagram_received(data, addr, self.reactor.seconds())
 
@@ -210,6 +217,9 @@ class OverlayService(Service):
     def _send(self, data: bytes, addr: Endpoint) -> None:
         if self.port is None:
             return
+        io = self._io
+        io[2] += 1
+        io[3] += len(data)
         try:
             self.port.write(data, addr)
         except MessageLengthError:
@@ -224,6 +234,24 @@ class OverlayService(Service):
     def _log_link(self, event: str, link: Link) -> None:
         self.log.info("overlay link {event}: {peer} at {ip}:{port}", event=event,
                       peer=A.to_text(link.address), ip=link.endpoint[0], port=link.endpoint[1])
+
+    def _refresh_metrics(self) -> None:
+        """Datagrams and bytes in/out, and the links by kind, for exporters."""
+        names = ("overlay_datagrams_received", "overlay_bytes_received",
+                 "overlay_datagrams_sent", "overlay_bytes_sent")
+        for i, name in enumerate(names):
+            delta = self._io[i] - self._io_reported[i]
+            self._io_reported[i] = self._io[i]
+            self.counters.inc(name, delta)
+        kinds = dict.fromkeys(("near", "shortcut", "on-demand", "other", "relayed"), 0)
+        if self.node is not None:
+            for link in self.node.table.links.values():
+                kind = link.kind
+                if kind == "other" and link.address in self.node.ondemand:
+                    kind = "on-demand"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in kinds.items():
+            self.counters.set("overlay_links", count, kind=kind)
 
     # -- control commands -------------------------------------------------------
 

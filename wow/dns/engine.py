@@ -184,6 +184,8 @@ class DnsEngine:
         self.fast_answers = self.slow_answers = 0
         if fast:
             self.counters.inc("dns_answers", fast, path="fast")
+            # the fast path answers only positive lookups
+            self.counters.inc("dns_responses", fast, rcode="noerror")
         if slow:
             self.counters.inc("dns_answers", slow, path="general")
 

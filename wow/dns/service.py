@@ -143,6 +143,7 @@ def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
     flush = TimerService(5, engine.flush_counts)
     flush.clock = reactor
     flush.setServiceParent(root)
+    counters.add_refresher(engine.flush_counts)  # a scrape sees every answer so far
     if c.metrics_listen:
         from wow.prometheus import metrics_service
 

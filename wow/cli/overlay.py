@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from wow.cli.main import EXIT_OK, add_json_option, add_socket_option, print_json
+from wow.cli.main import EXIT_FAILED, EXIT_OK, add_json_option, add_socket_option, print_json
 from wow.cli.node import query
 
 
@@ -61,7 +61,8 @@ def cmd_dht(args: argparse.Namespace) -> int:
             print(f"{v['value']}\t{v['owner']}\t{v['ttl_s']:g}s")
     else:
         print("ok")
-    return EXIT_OK
+    # like grep: a get that finds nothing exits 1, so scripts can test for a key
+    return EXIT_FAILED if args.op == "get" and not result else EXIT_OK
 
 
 def cmd_netcheck(args: argparse.Namespace) -> int:
@@ -151,7 +152,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     dht = subparsers.add_parser("dht", help="read and write the overlay's DHT")
     ops = dht.add_subparsers(dest="op", metavar="OP", required=True)
-    for op, help_text in (("get", "all live values of KEY"),
+    for op, help_text in (("get", "all live values of KEY (exit 1 when there are none)"),
                           ("put", "add VALUE under KEY"),
                           ("create", "claim KEY with VALUE unless another node holds it"),
                           ("delete", "delete this node's VALUE (or all its values) of KEY")):

@@ -157,3 +157,72 @@ class NetcheckTests(TestCase):
         self.assertEqual(report["reachable_directly"], "probably")
         self.assertIn("filtering", report["explanation"])
         self.assertEqual(report["reflexive_endpoints"], ["203.0.113.9:40001"])
+
+
+class PingCommandTests(TestCase):
+    """How C{ping} resolves what the operator typed, with fakes for the DHT and DNS."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from wow.node.config import NetworkSection
+        from wow.node.ping import PingCommand
+        from wow.testing import FakeDht
+
+        self.clock = Clock()
+        self.dht = FakeDht(self.clock)
+        self.holder = A.to_bytes(0xAB << 152)
+        self.dht.client(self.holder).create(b"dhcp:10.128.0.0/16:10.128.0.7", self.holder, 600)
+        self.sent: list[int] = []
+
+        class FakeEcho:
+            def ping(echo, target: int, timeout: float) -> Any:
+                from twisted.internet.defer import succeed
+
+                self.sent.append(target)
+                return succeed({"reply": True, "path": "direct"})
+
+        class FakeDns:
+            def answer(dns_, query: bytes, client: str) -> bytes:
+                from twisted.names import dns
+
+                m = dns.Message()
+                m.fromStr(query)
+                r = dns.Message(id=m.id, answer=True)
+                r.queries = m.queries
+                if m.queries[0].name.name == b"alice.wow":
+                    r.answers = [dns.RRHeader(b"alice.wow", dns.A, dns.IN, 60,
+                                              dns.Record_A("10.128.0.7"))]
+                else:
+                    r.rCode = dns.ENAME
+                return r.toStr()
+
+        self.ping = PingCommand(FakeEcho(), NetworkSection(), self.dht.client(b"\0" * 20),
+                                FakeDns())
+
+    def run_ping(self, target: str) -> Any:
+        results: list[Any] = []
+        self.ping({"target": target}).addBoth(results.append)
+        self.clock.advance(1)
+        return results[0]
+
+    def test_address_ip_and_name(self) -> None:
+        owner = A.from_bytes(self.holder)
+        self.assertEqual(self.run_ping(A.to_text(owner))["address"], A.to_text(owner))
+        by_ip = self.run_ping("10.128.0.7")
+        self.assertEqual((by_ip["address"], by_ip["ip"]), (A.to_text(owner), "10.128.0.7"))
+        by_name = self.run_ping("alice")
+        self.assertEqual((by_name["address"], by_name["ip"]), (A.to_text(owner), "10.128.0.7"))
+        self.assertEqual(self.sent, [owner] * 3)
+
+    def test_failures_are_one_sentence(self) -> None:
+        from wow.control.server import CommandError
+
+        for target, words in (("10.128.0.8", "no node holds a lease"),
+                              ("192.0.2.1", "not in the virtual network"),
+                              ("bob", "does not resolve")):
+            failure = self.run_ping(target)
+            self.assertTrue(failure.check(CommandError), failure)
+            self.assertIn(words, str(failure.value))
+        self.assertEqual(self.sent, [])
+        self.assertRaises(CommandError, self.ping, {"target": ""})

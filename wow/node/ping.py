@@ -51,7 +51,7 @@ class PingCommand:
 
             return self.echo.ping(address, float(timeout)).addCallback(annotate)
 
-        return self.resolve(target).addCallback(send)
+        return maybeDeferred(self.resolve, target).addCallback(send)
 
     def resolve(self, target: str) -> Deferred[tuple[int, str | None]]:
         """C{(overlay address, virtual IP or None)}; fails with L{CommandError}."""

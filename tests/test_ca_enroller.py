@@ -114,3 +114,19 @@ class EnrollerTests(SynchronousTestCase):
         assert cert is not None
         self.assertEqual((cert_ip(cert), matches), ("10.128.0.7", True))
         self.assertEqual(self.enroller.backoff, Enroller.RETRY_MIN)
+
+    def test_enrolment_events_are_counted(self) -> None:
+        from wow.metrics import Counters
+
+        self.enroller.stopService()
+        counters = Counters()
+        self.enroller.counters = counters
+        self.world.failures = 2
+        self.ip = "10.128.0.8"  # the installed certificate no longer fits
+        self.enroller.startService()
+        self.world.clock.advance(5)
+        self.world.clock.advance(10)
+        self.assertEqual(counters.get("enrolments", result="failed-temporarily"), 2)
+        self.assertEqual(counters.get("enrolments", result="enrolled"), 1)
+        self.world.clock.advance(23 * DAY + 60)
+        self.assertEqual(counters.get("enrolments", result="renewed"), 1)

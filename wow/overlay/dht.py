@@ -117,6 +117,7 @@ class _Pending:
     rec: Record | None
     attempts: int
     timer: Any
+    started: float = 0.0
 
 
 class _RootOp:
@@ -200,7 +201,7 @@ class Dht:
     def _start(self, action: str, key: bytes, rec: Record | None) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         rid = self.rng.getrandbits(62)
-        self.pending[rid] = _Pending(d, action, key, rec, 0, None)
+        self.pending[rid] = _Pending(d, action, key, rec, 0, None, self.node.clock())
         self._send_request(rid)
         return d
 
@@ -224,6 +225,7 @@ class Dht:
         else:
             del self.pending[rid]
             self.counters.inc("dht_ops", op=p.action, result="timeout")
+            self.counters.observe("dht_op_seconds", self.node.clock() - p.started, op=p.action)
             p.d.errback(DhtError("timeout"))
 
     def _on_result(self, m: dict[str, Any], now: float) -> None:
@@ -246,6 +248,7 @@ class Dht:
             return
         del self.pending[rid]
         self.counters.inc("dht_ops", op=p.action, result="ok" if ok else err)
+        self.counters.observe("dht_op_seconds", now - p.started, op=p.action)
         if not ok:
             p.d.errback(DhtError(err))
         elif p.action == "get":

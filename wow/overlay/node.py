@@ -38,6 +38,7 @@ from wow.overlay.link import (
     confirm_transcript,
     reply_transcript,
 )
+from wow.nat.behaviour import NatObserver
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
 
@@ -150,6 +151,12 @@ class OverlayNode:
         self.observers: list[Callable[[str, Link], None]] = []
         self.reflexive: Endpoint | None = None
         self.local_endpoint: Endpoint | None = None
+        #: Reflexive endpoints peers saw us at, from authenticated handshakes
+        #: (C{wow netcheck}).
+        self.nat = NatObserver()
+        #: Our local endpoint toward a destination (the adapter knows the
+        #: routing table; None: C{local_endpoint} or the wildcard).
+        self.local_for: Callable[[Endpoint], Endpoint] | None = None
         self.peers = TokenBuckets(p.peer_rate, p.peer_burst, p.source_table)
         self.strangers = TokenBuckets(p.stranger_rate, p.stranger_burst, p.source_table)
         self._timers: list[tuple[float, int, Timer]] = []
@@ -463,6 +470,7 @@ class OverlayNode:
             self._drop("bad-signature", addr)
             return
         self.reflexive = seen
+        self._observe_reflexive(peer, addr, seen, now)
         confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
                             "s": self.crypto.sign(confirm_transcript(d.nonce, nb, self.me, peer,
                                                                      addr))})
@@ -495,6 +503,7 @@ class OverlayNode:
             return
         del self.answering[hdr.src]
         self.reflexive = seen
+        self._observe_reflexive(ans.address, addr, seen, now)
         owned = ans.ctm or ans.address in self._adopt
         self._adopt.discard(ans.address)
         link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
@@ -869,8 +878,44 @@ class OverlayNode:
                 "rtt_ms": round(link.rtt * 1000, 2) if link.rtt is not None else None,
                 "age_s": round(now - link.created, 1),
                 "owned": link.owned,
+                "path": "direct",
             })
         return out
+
+    def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
+                           now: float) -> None:
+        """An authenticated handshake told us where C{peer} saw us come from."""
+        local = (self.local_for(destination) if self.local_for is not None
+                 else self.local_endpoint or ("0.0.0.0", 0))
+        change = self.nat.observe(peer, destination, seen, local, now, authenticated=True)
+        if change is not None:
+            self.counters.inc("overlay_mapping_changes")
+
+    def netcheck(self, now: float) -> dict[str, Any]:
+        """What C{wow netcheck} shows: endpoints, NAT mapping, direct reachability."""
+        report = self.nat.report(now)
+        mapping = report["mapping"]
+        if mapping == "none":
+            reachable, why = "yes", "not behind a NAT: peers see our local endpoint"
+        elif mapping == "endpoint-independent":
+            reachable, why = "probably", (
+                "one external endpoint for every peer: peers can reach it once we have sent "
+                "to them (hole punching); unsolicited traffic depends on the NAT's filtering, "
+                "which is not measured")
+        elif mapping == "address-and-port-dependent":
+            reachable, why = "no", (
+                "a new external endpoint per destination (symmetric NAT): direct links need "
+                "the peer to be reachable or a relay")
+        else:
+            reachable, why = "unknown", (
+                "fewer than two peers at different addresses have seen us yet")
+        report.update({
+            "address": A.to_text(self.me),
+            "reflexive_endpoints": [f"{h}:{p}" for h, p in self.nat.reflexive_endpoints(now)],
+            "reachable_directly": reachable,
+            "explanation": why,
+        })
+        return report
 
     # -- links on demand (the IP router's traffic) ----------------------------
 

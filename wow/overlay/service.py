@@ -83,6 +83,11 @@ class OverlayService(Service):
         self._loop: LoopingCall | None = None
         self._handlers: dict[int, Callable[[Delivery], None]] = {}
         self._observers: list[Callable[[str, Link], None]] = []
+        self._sources: dict[str, str] = {}
+        #: Plain ints on the hot path, moved into the counters on each read.
+        self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
+        self._io_reported = [0, 0, 0, 0]
+        self.counters.add_refresher(self._refresh_metrics)
 
     # -- the API other parts use --------------------------------------------
 
@@ -150,6 +155,7 @@ class OverlayService(Service):
         )
         if interface:
             node.local_endpoint = (interface, local_port)
+        node.local_for = self._local_for
         for kind, handler in self._handlers.items():
             node.register_handler(kind, handler)
         for obs in self._observers:
@@ -198,6 +204,9 @@ class OverlayService(Service):
     # -- I/O ------------------------------------------------------------------
 
     def received(self, data: bytes, addr: Endpoint) -> None:
+        io = self._io
+        io[0] += 1
+        io[1] += len(data)
         if self.node is not None:
             self.node.datagram_received(data, addr, self.reactor.seconds())
 
@@ -208,6 +217,9 @@ class OverlayService(Service):
     def _send(self, data: bytes, addr: Endpoint) -> None:
         if self.port is None:
             return
+        io = self._io
+        io[2] += 1
+        io[3] += len(data)
         try:
             self.port.write(data, addr)
         except MessageLengthError:
@@ -223,6 +235,24 @@ class OverlayService(Service):
         self.log.info("overlay link {event}: {peer} at {ip}:{port}", event=event,
                       peer=A.to_text(link.address), ip=link.endpoint[0], port=link.endpoint[1])
 
+    def _refresh_metrics(self) -> None:
+        """Datagrams and bytes in/out, and the links by kind, for exporters."""
+        names = ("overlay_datagrams_received", "overlay_bytes_received",
+                 "overlay_datagrams_sent", "overlay_bytes_sent")
+        for i, name in enumerate(names):
+            delta = self._io[i] - self._io_reported[i]
+            self._io_reported[i] = self._io[i]
+            self.counters.inc(name, delta)
+        kinds = dict.fromkeys(("near", "shortcut", "on-demand", "other", "relayed"), 0)
+        if self.node is not None:
+            for link in self.node.table.links.values():
+                kind = link.kind
+                if kind == "other" and link.address in self.node.ondemand:
+                    kind = "on-demand"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in kinds.items():
+            self.counters.set("overlay_links", count, kind=kind)
+
     # -- control commands -------------------------------------------------------
 
     def register_control(self, control: Any) -> None:
@@ -230,6 +260,7 @@ class OverlayService(Service):
 
         add_status_section(control, "overlay", self.control_status)
         control.register("peers", self.control_peers)
+        control.register("netcheck", self.control_netcheck)
         for op in ("get", "put", "create", "delete"):
             control.register(f"dht.{op}", lambda args, op=op: self.control_dht(op, args))
 
@@ -248,6 +279,37 @@ class OverlayService(Service):
         if self.node is None:
             return []
         return self.node.peers_info(self.reactor.seconds())
+
+    def control_netcheck(self, args: dict[str, Any]) -> dict[str, Any]:
+        from wow.control.server import CommandError
+
+        if self.node is None:
+            raise CommandError("the overlay is not running")
+        return self.node.netcheck(self.reactor.seconds())
+
+    def _local_for(self, destination: Endpoint) -> Endpoint:
+        """
+        Our local endpoint toward C{destination}: the source address the
+        kernel picks for it (a connected UDP socket sends nothing) and our port.
+        """
+        port = self.port.getHost().port if self.port is not None else 0
+        interface = self.config.overlay.interface
+        if interface:
+            return (interface, port)
+        cached = self._sources.get(destination[0])
+        if cached is None:
+            import socket
+
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.connect((destination[0], destination[1] or 9))
+                    cached = s.getsockname()[0]
+            except OSError:
+                cached = "0.0.0.0"
+            if len(self._sources) > 256:
+                self._sources.clear()
+            self._sources[destination[0]] = cached
+        return (cached, port)
 
     def control_dht(self, op: str, args: dict[str, Any]) -> Deferred[Any]:
         from wow.control.server import CommandError

@@ -104,8 +104,9 @@ class EnrollerTests(SynchronousTestCase):
         self.ip = "10.128.0.7"  # a new lease: the installed certificate no longer fits
         self.world.clock.advance(Enroller.NO_IP_DELAY)
         self.assertEqual(len(self.world.calls), 1)
-        # Retries after 5, 10, 20 s: the fourth attempt succeeds.
-        for delay, expected in ((5, 2), (10, 3), (20, 4)):
+        # Retries after 5, 7.5, 11.25 s (growing by half, at most a minute
+        # apart): the fourth attempt succeeds.
+        for delay, expected in ((5, 2), (7.5, 3), (11.25, 4)):
             self.world.clock.advance(delay - 0.001)
             self.assertEqual(len(self.world.calls), expected - 1)
             self.world.clock.advance(0.001)

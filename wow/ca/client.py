@@ -508,6 +508,9 @@ class Enroller(Service):
 
     log = Logger()
     RETRY_MIN, RETRY_MAX = 5.0, 600.0
+    #: Temporary failures (the CA unreachable, the path still forming) are
+    #: retried at least this often.
+    RETRY_BACKOFF_MAX = 60.0
     NO_IP_DELAY = 5.0
 
     def __init__(
@@ -582,7 +585,7 @@ class Enroller(Service):
             )
         except EnrolError as e:
             delay = self.backoff
-            self.backoff = min(self.backoff * 2, self.RETRY_MAX)
+            self.backoff = min(self.backoff * 1.5, self.RETRY_BACKOFF_MAX)
             if not e.temporary:
                 delay = self.RETRY_MAX
             self._count("failed-temporarily" if e.temporary else "refused")

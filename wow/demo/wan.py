@@ -228,7 +228,7 @@ class DemoWan:
             self.start_dhclient(node)
         self.wait_for("every node's lease and name", lambda n: "name" in n.steps)
         self.wait_for("every node's certificate", lambda n: "cert" in n.steps,
-                      self.nodes[1:], timeout=120)
+                      self.nodes[1:], timeout=180)
 
     def show_traffic(self, iperf_seconds: float = 3) -> dict[str, Any]:
         """Ping by name and iperf3 across the sites; print the results and the links."""

@@ -138,18 +138,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["mean_hops_after_churn"] = round(statistics.mean(hops_after), 3) \
             if hops_after else None
 
+    # Values stored before the churn = the puts that reported success.
+    stored = {k: v for k, v in stored.items() if k in put_ok}
     found = []
     for key, value in stored.items():
         node = net.random_node()
         d = node.dht.get(key)
         d.addCallbacks(
             lambda vals, v=value, k=key: found.append(k) if any(x.value == v for x in vals)
-            else None,
-            lambda f: None,
+            else log(f"get {k!r}: {len(vals)} values"),
+            lambda f, k=key: log(f"get {k!r}: {f.getErrorMessage()}"),
         )
         net.poke(node)
     net.run_until(net.now + 20)
-    result["dht_get_success"] = len(found) / max(1, len(stored))
+    result["dht_get_success"] = round(len(found) / max(1, len(stored)), 4)
     result["virtual_s"] = round(net.now, 1)
     result["messages"] = net.messages
     result["wall_s"] = round(time.monotonic() - t0, 1)

@@ -104,8 +104,9 @@ class EnrollerTests(SynchronousTestCase):
         self.ip = "10.128.0.7"  # a new lease: the installed certificate no longer fits
         self.world.clock.advance(Enroller.NO_IP_DELAY)
         self.assertEqual(len(self.world.calls), 1)
-        # Retries after 5, 10, 20 s: the fourth attempt succeeds.
-        for delay, expected in ((5, 2), (10, 3), (20, 4)):
+        # Retries after 5, 7.5, 11.25 s (growing by half, at most a minute
+        # apart): the fourth attempt succeeds.
+        for delay, expected in ((5, 2), (7.5, 3), (11.25, 4)):
             self.world.clock.advance(delay - 0.001)
             self.assertEqual(len(self.world.calls), expected - 1)
             self.world.clock.advance(0.001)
@@ -114,3 +115,19 @@ class EnrollerTests(SynchronousTestCase):
         assert cert is not None
         self.assertEqual((cert_ip(cert), matches), ("10.128.0.7", True))
         self.assertEqual(self.enroller.backoff, Enroller.RETRY_MIN)
+
+    def test_enrolment_events_are_counted(self) -> None:
+        from wow.metrics import Counters
+
+        self.enroller.stopService()
+        counters = Counters()
+        self.enroller.counters = counters
+        self.world.failures = 2
+        self.ip = "10.128.0.8"  # the installed certificate no longer fits
+        self.enroller.startService()
+        self.world.clock.advance(5)
+        self.world.clock.advance(10)
+        self.assertEqual(counters.get("enrolments", result="failed-temporarily"), 2)
+        self.assertEqual(counters.get("enrolments", result="enrolled"), 1)
+        self.world.clock.advance(23 * DAY + 60)
+        self.assertEqual(counters.get("enrolments", result="renewed"), 1)

@@ -89,6 +89,10 @@ class WanDemoTests(SynchronousTestCase):
             self.assertRegex(out, rf"{name}: certificate from wow-ca installed")
         self.assertEqual(out.count(", 0% packet loss"), 4, out)
         self.assertRegex(out, r"iperf3 a1 → b1\.wow: \d+ Mbit/s")
+        # wow netcheck and wow ping on the nodes
+        self.assertRegex(out, r"pub: seen as [\d.]+:\d+; mapping none; reachable directly: yes")
+        self.assertRegex(out, r"Overlay ping a1 → b1 \(wow ping b1\):\n  reply from "
+                         r"wow:[0-9a-f]{40} \(10\.128\.\d+\.\d+\): (direct link|relayed)")
         match = re.search(r"nothing left behind \(prefix (d[0-9a-f]{5})\)", out)
         assert match is not None, out
         self.assertEqual(leftovers(match.group(1)), [])

@@ -311,3 +311,45 @@ class NodeDnsTests(SynchronousTestCase):
         self.assertIsInstance(d, Deferred)
         m = parse(self.successResultOf(d))
         self.assertEqual(m.answers[0].payload.name.name, b"alice.wow")
+
+
+class FlakyStore(MemoryAtomicStore):
+    """Fails the first C{failures} creates with an unknown outcome (a DHT timeout)."""
+
+    def __init__(self, clock: Clock, failures: int) -> None:
+        super().__init__(clock)
+        self.failures = failures
+
+    def create(self, key: str, value: bytes, ttl: float) -> Deferred[bool]:
+        from twisted.internet.defer import fail
+
+        if self.failures > 0:
+            self.failures -= 1
+            return fail(RuntimeError("timeout"))
+        return super().create(key, value, ttl)
+
+
+class ClaimRetryTests(SynchronousTestCase):
+    def test_unknown_outcomes_are_retried(self) -> None:
+        clock = Clock()
+        kv = FlakyStore(clock, failures=2)
+        counters = Counters()
+        claims = NameClaims(kv, NET, WOW, compact(), clock, counters)
+        d = claims.claim("10.128.0.5", 600, "alice")
+        self.assertNoResult(d)
+        clock.pump([1.0] * 20)
+        self.assertEqual(self.successResultOf(d), to_wire("alice.wow"))
+        self.assertEqual(self.successResultOf(kv.get(next(
+            k for k in kv.data if k.endswith("alice.wow"))))[0], b"10.128.0.5")
+        self.assertGreater(counters.get("dns_name_claim_retries"), 0)
+
+    def test_never_answered_keeps_answering_locally(self) -> None:
+        clock = Clock()
+        kv = FlakyStore(clock, failures=10**6)
+        counters = Counters()
+        store = compact()
+        claims = NameClaims(kv, NET, WOW, store, clock, counters)
+        d = claims.claim("10.128.0.5", 600, "alice")
+        clock.pump([1.0] * 60)
+        self.assertEqual(self.successResultOf(d), to_wire("alice.wow"))
+        self.assertGreater(counters.get("dns_name_claims_failed"), 0)

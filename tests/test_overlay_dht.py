@@ -134,6 +134,23 @@ class DhtTests(SynchronousTestCase):
             self.assertEqual([v.value for v in got], [b"v%d" % i], i)
 
 
+    def test_new_nodes_near_a_key_receive_it(self) -> None:
+        net = self.net
+        a = self.nodes[0]
+        for i in range(10):
+            call(net, a, a.dht.put(b"j%d" % i, b"v", 600), wait=0.5)
+        for _ in range(12):
+            net.add_node([net.endpoint(a)])
+            net.run_until(net.now + 0.5)
+        net.run_until(net.now + 15)
+        self.assertEqual(net.ring_errors(), 0)
+        for i in range(10):
+            key = b"j%d" % i
+            target = A.digest(key)
+            closest = sorted(net.by_address, key=lambda x: A.ring_distance(x, target))[:3]
+            self.assertTrue(set(closest) <= set(holders(net, key)), i)
+
+
 class RealCryptoDhtTests(SynchronousTestCase):
     def test_put_get_with_ecdsa(self) -> None:
         net = ring(5, seed=43, real_crypto=True)

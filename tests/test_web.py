@@ -66,11 +66,13 @@ def browse(url: str, screenshot: str) -> dict[str, Any]:
             relayed = page.locator("path.link.relayed").count()
             shortcut = page.locator("path.link.shortcut").count()
             me = page.locator("#me").inner_text()
+            addresses = [td.get_attribute("title")
+                         for td in page.locator("tr.peer-row td:first-child").all()]
             page.screenshot(path=screenshot)
         finally:
             browser.close()
     return {"errors": errors, "rows": rows, "links": links, "relayed": relayed,
-            "shortcut": shortcut, "me": me}
+            "shortcut": shortcut, "me": me, "addresses": addresses}
 
 
 class StatusPageTests(TestCase):

@@ -10,7 +10,7 @@ logic never imports prometheus_client or touches a global registry.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -27,6 +27,9 @@ class Counters:
         self._values: dict[str, dict[LabelKey, float]] = defaultdict(dict)
         self._gauges: dict[str, dict[LabelKey, float]] = defaultdict(dict)
         self._help: dict[str, str] = {}
+        #: name -> labels -> [count, sum] of observed values (durations).
+        self._summaries: dict[str, dict[LabelKey, list[float]]] = defaultdict(dict)
+        self._refreshers: list[Callable[[], None]] = []
 
     def describe(self, name: str, help_text: str) -> None:
         """Attach a one-line description to C{name} for exporters."""
@@ -81,3 +84,28 @@ class Counters:
                 for key, value in series.items()
             }
         return out
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one observation (e.g. a latency in seconds) of the summary C{name}."""
+        series = self._summaries[name].setdefault(tuple(sorted(labels.items())), [0, 0.0])
+        series[0] += 1
+        series[1] += value
+
+    def summary_names(self) -> Iterator[str]:
+        return iter(sorted(self._summaries))
+
+    def summary_series(self, name: str) -> Iterator[tuple[dict[str, str], int, float]]:
+        """C{(labels, count, sum)} of each series of the summary C{name}."""
+        for key, (count, total) in sorted(self._summaries.get(name, {}).items()):
+            yield dict(key), int(count), total
+
+    def add_refresher(self, refresh: Callable[[], None]) -> None:
+        """
+        Call C{refresh()} before each read by an exporter: gauges that mirror
+        a table (links by kind) are set then rather than on every change.
+        """
+        self._refreshers.append(refresh)
+
+    def refresh(self) -> None:
+        for refresh in self._refreshers:
+            refresh()

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
@@ -32,10 +37,19 @@ class CountersCollector(Collector):
         self.prefix = prefix
 
     def collect(self) -> Iterator[Metric]:
+        self.counters.refresh()
         for name in self.counters.names():
             yield self._family(CounterMetricFamily, name, self.counters.series(name))
         for name in self.counters.gauge_names():
             yield self._family(GaugeMetricFamily, name, self.counters.gauge_series(name))
+        for name in self.counters.summary_names():
+            series = list(self.counters.summary_series(name))
+            labels = sorted({k for lbls, _, _ in series for k in lbls})
+            family = SummaryMetricFamily(f"{self.prefix}_{name}", self.counters.help_for(name),
+                                         labels=labels)
+            for lbls, count, total in series:
+                family.add_metric([lbls.get(k, "") for k in labels], count, total)
+            yield family
 
     def _family(self, kind: Any, name: str,
                 series_iter: Iterator[tuple[dict[str, str], float]]) -> Metric:

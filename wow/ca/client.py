@@ -508,6 +508,9 @@ class Enroller(Service):
 
     log = Logger()
     RETRY_MIN, RETRY_MAX = 5.0, 600.0
+    #: Temporary failures (the CA unreachable, the path still forming) are
+    #: retried at least this often.
+    RETRY_BACKOFF_MAX = 60.0
     NO_IP_DELAY = 5.0
 
     def __init__(
@@ -525,6 +528,12 @@ class Enroller(Service):
         self._sleeping: defer.Deferred[None] | None = None
         self.installed: defer.Deferred[x509.Certificate] = defer.Deferred()
         self.backoff = self.RETRY_MIN
+        #: Set by the node: enrolment events for its metrics.
+        self.counters: Any = None
+
+    def _count(self, result: str) -> None:
+        if self.counters is not None:
+            self.counters.inc("enrolments", result=result)
 
     def startService(self) -> None:
         super().startService()
@@ -576,9 +585,10 @@ class Enroller(Service):
             )
         except EnrolError as e:
             delay = self.backoff
-            self.backoff = min(self.backoff * 2, self.RETRY_MAX)
+            self.backoff = min(self.backoff * 1.5, self.RETRY_BACKOFF_MAX)
             if not e.temporary:
                 delay = self.RETRY_MAX
+            self._count("failed-temporarily" if e.temporary else "refused")
             self.log.warn(
                 "enrolment with {url} failed: {why}; retrying in {delay:.0f} s",
                 url=self.settings.url,
@@ -587,6 +597,7 @@ class Enroller(Service):
             )
             return delay
         self.backoff = self.RETRY_MIN
+        self._count("renewed" if isinstance(what, Reenrol) else "enrolled")
         if not self.installed.called:
             self.installed.callback(new)
         return 0

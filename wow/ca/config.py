@@ -208,6 +208,20 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class CaMetricsSection:
+    """[metrics]: the Prometheus endpoint (http://LISTEN/metrics)."""
+
+    #: ADDRESS:PORT to serve metrics on; "" = no metrics endpoint.
+    listen: str = ""
+
+    def validate(self) -> None:
+        if self.listen:
+            from wow.prometheus import parse_listen
+
+            parse_listen(self.listen, "metrics.listen")
+
+
+@dataclass(frozen=True)
 class CaConfig:
     """The whole validated configuration of one C{wow-ca}."""
 
@@ -218,6 +232,7 @@ class CaConfig:
     ldap: LdapSection = field(default_factory=LdapSection)
     crl: CrlSection = field(default_factory=CrlSection)
     control: ControlSection = field(default_factory=ControlSection)
+    metrics: CaMetricsSection = field(default_factory=CaMetricsSection)
 
     @property
     def control_socket(self) -> str:

@@ -231,6 +231,11 @@ class CaService(MultiService):
         self.https = https
         TimerService(max(config.crl.lifetime / 2, 1), self.crl.refresh).setServiceParent(self)
         TimerService(3600, self._expire_pending).setServiceParent(self)
+        if config.metrics.listen:
+            from wow.prometheus import metrics_service
+
+            metrics_service(reactor, self.counters, "wow_ca", config.metrics.listen
+                            ).setServiceParent(self)
         self._register_commands()
 
     def privilegedStartService(self) -> None:

@@ -29,6 +29,14 @@ COMMAND_MODULES = [
     "wow.cli.security",
 ]
 
+#: How C{wow --help} groups the sub-commands (by the part they inspect).
+GROUPS = [
+    ("this node (wow-node)", ["status", "counters", "leases", "security", "enroll"]),
+    ("the overlay", ["peers", "netcheck", "ping", "dht"]),
+    ("the community CA (wow-ca)", ["ca"]),
+    ("trying WOW", ["demo"]),
+]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -71,7 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _group_help(parser, subparsers)
     return parser
+
+
+def _group_help(parser: argparse.ArgumentParser, subparsers: Any) -> None:
+    """List the sub-commands grouped by part (L{GROUPS}), with the exit codes."""
+    helps = {a.dest: a.help or "" for a in subparsers._choices_actions}
+    grouped = {n for _, names in GROUPS for n in names}
+    groups = [*GROUPS, ("other", sorted(n for n in helps if n not in grouped))]
+    lines = []
+    for title, names in groups:
+        present = [n for n in names if n in helps]
+        if present:
+            lines.append(f"{title}:")
+            lines += [f"  {n:<10} {helps[n]}" for n in present]
+    lines += ["", "Read commands take --json; 'wow COMMAND --help' explains each.",
+              "Exit status: 0 success, 1 the operation failed (no reply, no value, refused),",
+              "2 usage error, 3 the daemon could not be reached."]
+    parser.epilog = "\n".join(lines)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    subparsers._choices_actions = []  # listed in the epilog instead
+    subparsers.help = "one of the commands below"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

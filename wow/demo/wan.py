@@ -228,7 +228,7 @@ class DemoWan:
             self.start_dhclient(node)
         self.wait_for("every node's lease and name", lambda n: "name" in n.steps)
         self.wait_for("every node's certificate", lambda n: "cert" in n.steps,
-                      self.nodes[1:], timeout=120)
+                      self.nodes[1:], timeout=180)
 
     def show_traffic(self, iperf_seconds: float = 3) -> dict[str, Any]:
         """Ping by name and iperf3 across the sites; print the results and the links."""
@@ -276,7 +276,34 @@ class DemoWan:
                 parts.append(f"{who} ({p['kind']}, {path}{via})")
             print(f"  {node.name:>4}: " + ", ".join(parts))
         print()
+        self.show_nat_and_overlay_ping(results)
         return results
+
+    def show_nat_and_overlay_ping(self, results: dict[str, Any]) -> None:
+        """What C{wow netcheck} and C{wow ping} say on each node."""
+        from wow.cli.overlay import _describe_reply
+
+        print("What each node learnt about its NAT from its peers (wow netcheck):")
+        results["netcheck"] = {}
+        for node in self.nodes:
+            try:
+                r = node.ctl("netcheck")
+            except ControlError as e:
+                print(f"  {node.name:>4}: {e}")
+                continue
+            results["netcheck"][node.name] = r["mapping"]
+            seen = ", ".join(r["reflexive_endpoints"]) or "not yet"
+            print(f"  {node.name:>4}: seen as {seen}; mapping {r['mapping']}; "
+                  f"reachable directly: {r['reachable_directly']}")
+        a, b = self.nodes[1], self.nodes[3]
+        print(f"Overlay ping {a.name} → {b.name} (wow ping {b.name}):")
+        try:
+            r = a.ctl("ping", {"target": b.name, "timeout": 3})
+            print("  " + (_describe_reply(r) if r.get("reply") else f"no reply: {r['reason']}"))
+            results["overlay_ping"] = r
+        except ControlError as e:
+            print(f"  {e}")
+        print()
 
     def _address_of(self, node: DemoNode) -> str:
         try:

@@ -143,6 +143,8 @@ class DhcpServer:
         self.clock = clock
         self.counters = counters
         self._local_by_ip: dict[IPv4Address, tuple[bytes, float]] = {}
+        #: MAC → the address ACKed to it (offers are not in here).
+        self._bound: dict[bytes, tuple[IPv4Address, float]] = {}
         #: Told of every ACK (new or renewed lease) and every release or decline:
         #: C{bound(ip, mac, lease_seconds, hostname, fqdn)} and C{ended(ip, mac)}.
         self.lease_observers: list[Any] = []
@@ -167,17 +169,17 @@ class DhcpServer:
         return entry[0] if entry is not None and entry[1] > self.clock.seconds() else None
 
     def ip_of(self, mac: bytes) -> IPv4Address | None:
-        """The address offered or bound to the client with C{mac}, if any."""
-        now = self.clock.seconds()
-        for ip, (m, expires) in self._local_by_ip.items():
-            if m == mac and expires > now:
-                return ip
-        return None
+        """The address ACKed to the client with C{mac} and not yet expired, if any."""
+        entry = self._bound.get(mac)
+        if entry is None or entry[1] <= self.clock.seconds():
+            return None
+        return entry[0]
 
     def restore(self, leases: list[Lease]) -> None:
         """Seed the local view from the allocator's bound leases after a restart."""
         for lease in leases:
             self._remember(lease.mac, lease.ip, lease.expires)
+            self._bound[lease.mac] = (lease.ip, lease.expires)
 
     def _tell(self, event: str, *args: Any) -> None:
         """Notify the lease observers; one failing observer never breaks DHCP."""
@@ -194,6 +196,9 @@ class DhcpServer:
         self._local_by_ip[ip] = (mac, expires)
 
     def _forget(self, mac: bytes, ip: IPv4Address | None = None) -> None:
+        bound = self._bound.get(mac)
+        if bound is not None and (ip is None or bound[0] == ip):
+            del self._bound[mac]
         for other, (m, _) in list(self._local_by_ip.items()):
             if m == mac and (ip is None or other == ip):
                 del self._local_by_ip[other]
@@ -310,6 +315,7 @@ class DhcpServer:
                 self._forget(mac)
                 return self._nak(msg, "address not available")
             self._remember(mac, lease.ip, lease.expires)
+            self._bound[mac] = (lease.ip, lease.expires)
             self._tell("bound", lease.ip, mac, self.settings.lease_time, hostname or "", fqdn or "")
             self.counters.inc("dhcp_acks", state=state)
             self.log.info("DHCPACK {ip} to {mac} ({host}) state={state} lease={lease}s",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -116,6 +117,29 @@ class NameClaims:
         self.clock = clock
         self.counters = counters
 
+    #: Delays before retrying a DHT create whose outcome is unknown (timeout,
+    #: conflict while the ring settles); "taken" is an answer, never retried.
+    RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+
+    def _create(self, key: str, value: bytes, ttl: float, attempt: int = 0) -> Deferred[bool]:
+        """C{kv.create}, retried a few times while the outcome is unknown."""
+
+        def failed(failure: Failure) -> Deferred[bool] | Failure:
+            if attempt >= len(self.RETRY_DELAYS):
+                self.counters.inc("dns_name_claims_failed")
+                self.log.warn("publishing {key} failed: {why}", key=key,
+                              why=failure.getErrorMessage())
+                return failure
+            self.counters.inc("dns_name_claim_retries")
+            return task.deferLater(self.clock, self.RETRY_DELAYS[attempt], self._create,
+                                   key, value, ttl, attempt + 1)
+
+        return self.kv.create(key, value, ttl).addErrback(failed)
+
+    def _publish(self, key: str, value: bytes, ttl: float) -> None:
+        """A create whose result only matters to the rest of the WOW."""
+        self._create(key, value, ttl).addErrback(lambda f: None)
+
     def claim(self, ip: str, lease_seconds: float, hostname: str = "") -> Deferred[bytes]:
         """
         Publish the lease of C{ip}; claim C{hostname} if given.  Fires with
@@ -126,7 +150,7 @@ class NameClaims:
         expires = self.clock.seconds() + lease_seconds
         derived = derived_wire(packed, self.domain_wire)
         value = ip.encode()
-        self.kv.create(name_key(self.network, derived), value, lease_seconds)
+        self._publish(name_key(self.network, derived), value, lease_seconds)
         if hostname and not valid_hostname(hostname):
             self.log.warn("host name {name!r} for {ip} is not a valid host name; keeping "
                           "{derived}", name=hostname, ip=ip, derived=from_wire(derived))
@@ -145,12 +169,17 @@ class NameClaims:
             self.counters.inc("dns_name_claims_lost", reason="taken")
             return self._settle(derived, packed, expires, lease_seconds)
 
-        return self.kv.create(name_key(self.network, wanted), value, lease_seconds
-                              ).addCallback(decided)
+        def unknown(failure: Failure) -> Deferred[bytes]:
+            # The DHT never answered: answer for the host name locally (this
+            # node's own store) and try the claim again at the next renewal.
+            return self._settle(wanted, packed, expires, lease_seconds)
+
+        return self._create(name_key(self.network, wanted), value, lease_seconds
+                            ).addCallbacks(decided, unknown)
 
     def _settle(self, name: bytes, ip: bytes, expires: float, ttl: float) -> Deferred[bytes]:
         self.store.add(name, ip, expires)
-        self.kv.create(ptr_key(self.network, ip), from_wire(name).rstrip(".").encode(), ttl)
+        self._publish(ptr_key(self.network, ip), from_wire(name).rstrip(".").encode(), ttl)
         return succeed(name)
 
     def release(self, ip: str, name: bytes) -> None:

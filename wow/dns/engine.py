@@ -109,6 +109,11 @@ def _question_end(query: bytes) -> int | None:
     return None
 
 
+#: Response codes by name, for the C{dns_responses{rcode}} counter.
+_RCODES = {0: "noerror", 1: "formerr", 2: "servfail", 3: "nxdomain", 4: "notimp",
+           5: "refused", 16: "badvers"}
+
+
 def minimal_response(query: bytes, rcode: int, with_question: bool = True) -> bytes:
     """
     A response with no records: the query's id, opcode and RD flag, QR set,
@@ -179,6 +184,8 @@ class DnsEngine:
         self.fast_answers = self.slow_answers = 0
         if fast:
             self.counters.inc("dns_answers", fast, path="fast")
+            # the fast path answers only positive lookups
+            self.counters.inc("dns_responses", fast, rcode="noerror")
         if slow:
             self.counters.inc("dns_answers", slow, path="general")
 
@@ -317,6 +324,7 @@ class DnsEngine:
         response.additional = list(r.additional)
         if edns:
             response.additional.append(self._opt(r.rcode >> 4))
+        self.counters.inc("dns_responses", rcode=_RCODES.get(r.rcode, str(r.rcode)))
         data = response.toStr()
         if tcp or len(data) <= limit:
             return data

@@ -143,6 +143,7 @@ def build_dns_service(config: DnsConfig, reactor: Any) -> MultiService:
     flush = TimerService(5, engine.flush_counts)
     flush.clock = reactor
     flush.setServiceParent(root)
+    counters.add_refresher(engine.flush_counts)  # a scrape sees every answer so far
     if c.metrics_listen:
         from wow.prometheus import metrics_service
 
@@ -184,6 +185,8 @@ class NodeDns(Service):
         self.claims = NameClaims(kv or MemoryAtomicStore(reactor), network.subnet, domain_wire,
                                  store, reactor, self.counters)
         self.names: dict[str, bytes] = {}
+        # The hot path's plain counts, moved into the counters on each scrape.
+        self.counters.add_refresher(self.engine.flush_counts)
 
     def answer(self, query: bytes, client_ip: str) -> Answer:
         """The response to one query from the TAP (see L{DnsEngine.answer})."""

@@ -219,6 +219,7 @@ class TapPort(FileDescriptor):
                 self.stopReading()
                 return
             self.counters.inc("tap_frames_read")
+            self.counters.inc("tap_bytes_read", len(frame))
             try:
                 self.on_frame(frame)
             except Exception:
@@ -233,6 +234,7 @@ class TapPort(FileDescriptor):
             self.log.warn("writing to the TAP failed: {error}", error=e)
             return
         self.counters.inc("tap_frames_written")
+        self.counters.inc("tap_bytes_written", len(frame))
 
     def connectionLost(self, reason: object) -> None:
         self.connected = 0

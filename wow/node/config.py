@@ -21,13 +21,14 @@ from wow.util.config import ConfigError, build, load_toml
 MAX_IFNAME = 15
 
 #: The default TAP MTU.  An inner frame (14-byte Ethernet header + MTU) plus
-#: the overlay header (44), the data-message header (8), the DTLS 1.2 record
-#: overhead with AES-GCM (13 header + 8 explicit nonce + 16 tag = 37), UDP (8)
-#: and IPv4 (20) must fit a 1500-byte underlay path:
-#: 1500 - 20 - 8 - 44 - 8 - 37 - 14 = 1369; we round down to 1360.
+#: the overlay header (44), the data-message header (8), the security
+#: session's framing byte (1), the DTLS 1.2 record overhead with AES-GCM
+#: (13 header + 8 explicit nonce + 16 tag = 37), UDP (8) and IPv4 (20) must
+#: fit a 1500-byte underlay path:
+#: 1500 - 20 - 8 - 44 - 8 - 1 - 37 - 14 = 1368; we round down to 1360.
 #: docs/architecture.md states the same arithmetic.
 UNDERLAY_MTU = 1500
-OVERHEAD = 20 + 8 + 44 + 8 + 37 + 14
+OVERHEAD = 20 + 8 + 44 + 8 + 1 + 37 + 14
 DEFAULT_TAP_MTU = 1360
 assert DEFAULT_TAP_MTU + OVERHEAD <= UNDERLAY_MTU
 

@@ -91,7 +91,15 @@ class NodeService(MultiService):
 
                 self.enroller = node_enroller(config, reactor, self.nic.host_ip)
                 if self.enroller is not None:
+                    self.enroller.counters = self.counters
                     self.enroller.setServiceParent(self)
+        # wow ping: overlay echo to an address, a virtual IP or a name.
+        from wow.node.ping import PingCommand
+        from wow.overlay.echo import Echo
+
+        self.echo = Echo(self.overlay, reactor, self.counters)
+        self.control.register("ping", PingCommand(
+            self.echo, config.network, OverlayDhtClient(lambda: self.overlay.dht), self.dns))
         if config.metrics.listen:
             from wow.prometheus import metrics_service
 

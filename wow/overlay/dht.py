@@ -117,13 +117,14 @@ class _Pending:
     rec: Record | None
     attempts: int
     timer: Any
+    started: float = 0.0
 
 
 class _RootOp:
     """One operation the root coordinates over the replicas."""
 
     __slots__ = ("op", "action", "key", "rec", "client", "rid", "waiting", "votes", "values",
-                 "timer", "done", "replicas")
+                 "timer", "done", "replicas", "retried", "msg")
 
     def __init__(self, op: int, action: str, key: bytes, rec: Record | None, client: int,
                  rid: int, replicas: list[int]) -> None:
@@ -139,6 +140,9 @@ class _RootOp:
         self.values: dict[tuple[int, int, bytes], Record] = {}
         self.timer: Any = None
         self.done = False
+        self.retried = False
+        #: What was sent to every replica (sent again to the silent ones).
+        self.msg: dict[str, Any] = {}
 
 
 class Dht:
@@ -197,7 +201,7 @@ class Dht:
     def _start(self, action: str, key: bytes, rec: Record | None) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         rid = self.rng.getrandbits(62)
-        self.pending[rid] = _Pending(d, action, key, rec, 0, None)
+        self.pending[rid] = _Pending(d, action, key, rec, 0, None, self.node.clock())
         self._send_request(rid)
         return d
 
@@ -221,6 +225,7 @@ class Dht:
         else:
             del self.pending[rid]
             self.counters.inc("dht_ops", op=p.action, result="timeout")
+            self.counters.observe("dht_op_seconds", self.node.clock() - p.started, op=p.action)
             p.d.errback(DhtError("timeout"))
 
     def _on_result(self, m: dict[str, Any], now: float) -> None:
@@ -243,6 +248,7 @@ class Dht:
             return
         del self.pending[rid]
         self.counters.inc("dht_ops", op=p.action, result="ok" if ok else err)
+        self.counters.observe("dht_op_seconds", now - p.started, op=p.action)
         if not ok:
             p.d.errback(DhtError(err))
         elif p.action == "get":
@@ -321,9 +327,10 @@ class Dht:
     # -- replicas -------------------------------------------------------------
 
     def replicas(self, key: bytes) -> list[int]:
-        """The k nodes closest to the key among this node and its links."""
+        """The k nodes closest to the key among this node and its (live) links."""
         target = A.digest(key)
-        nodes = list(self.node.table.links) + [self.node.me]
+        suspects = self.node.suspects
+        nodes = [a for a in self.node.table.links if a not in suspects] + [self.node.me]
         nodes.sort(key=lambda a: A.ring_distance(a, target))
         return nodes[: self.k]
 
@@ -364,8 +371,7 @@ class Dht:
         self.counters.inc("dht_root_ops", op=action)
         if action == "get":
             op = self._new_op("get", key, None, client, rid)
-            for r in op.replicas:
-                self._to(r, {"op": "fetch", "r": op.op, "k": key})
+            self._send_all(op, {"op": "fetch", "r": op.op, "k": key})
             return
         if action not in ACTIONS:
             raise W.WireError("bad-payload", f"dht action {action!r}")
@@ -383,8 +389,7 @@ class Dht:
             self._start_create(client, rid, rec)
             return
         op = self._new_op(action, key, rec, client, rid)
-        for r in op.replicas:
-            self._to(r, {"op": "store", "r": op.op, "rec": rec.to_wire()})
+        self._send_all(op, {"op": "store", "r": op.op, "rec": rec.to_wire()})
 
     def _new_op(self, action: str, key: bytes, rec: Record | None, client: int,
                 rid: int) -> _RootOp:
@@ -397,8 +402,12 @@ class Dht:
     def _start_create(self, client: int, rid: int, rec: Record) -> None:
         self.busy_keys.add(rec.key)
         op = self._new_op("create", rec.key, rec, client, rid)
+        self._send_all(op, {"op": "reserve", "r": op.op, "rec": rec.to_wire()})
+
+    def _send_all(self, op: _RootOp, msg: dict[str, Any]) -> None:
+        op.msg = msg
         for r in op.replicas:
-            self._to(r, {"op": "reserve", "r": op.op, "rec": rec.to_wire()})
+            self._to(r, msg)
 
     def _on_replica_message(self, src: int, m: dict[str, Any], now: float) -> None:
         op = W.f_str(m, "op")
@@ -474,8 +483,11 @@ class Dht:
         return "ok"
 
     def _decided(self, op: _RootOp) -> bool:
-        if op.action != "create":
+        """Whether the root can answer before every replica has."""
+        if op.action == "get":
             return False
+        if op.action != "create":
+            return sum(1 for v in op.votes.values() if v == "ok") >= self.quorum
         ok = sum(1 for v in op.votes.values() if v == "ok")
         return ok >= self.quorum or "exists" in op.votes.values()
 
@@ -487,6 +499,17 @@ class Dht:
             op.timer.cancel()
         self.root_ops.pop(op.op, None)
         oks = sum(1 for v in op.votes.values() if v == "ok")
+        found = op.action == "get" and (op.values or self.live(op.key, now))
+        if op.waiting and not op.retried and not self._decided(op) and not found:
+            # Some replicas did not answer (a lost datagram, or a replica
+            # that died): ask the silent ones once more before deciding.
+            op.retried, op.done = True, False
+            self.root_ops[op.op] = op
+            op.timer = self.node.call_later(self.node.params.dht_timeout / 2,
+                                            lambda now: self._finish(op, now))
+            for replica in op.waiting:
+                self._to(replica, op.msg)
+            return
         if op.action == "get":
             merged = {k: r for k, r in op.values.items()}
             for r in self.live(op.key, now).values():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,18 +26,12 @@ from typing import Any
 from twisted.logger import Logger
 
 from wow.metrics import Counters
+from wow.nat.behaviour import NatObserver
 from wow.overlay import address as A
 from wow.overlay import wire as W
-from wow.overlay.identity import ICrypto, address_of
-from wow.overlay.link import (
-    OTHER,
-    Answering,
-    Dialing,
-    Endpoint,
-    Link,
-    confirm_transcript,
-    reply_transcript,
-)
+from wow.overlay.handshake import HandshakeMixin
+from wow.overlay.identity import ICrypto
+from wow.overlay.link import OTHER, Answering, Dialing, Endpoint, Link
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
 
@@ -110,7 +105,7 @@ class Timer:
         self.cancelled = True
 
 
-class OverlayNode:
+class OverlayNode(HandshakeMixin):
     log = Logger()
 
     def __init__(
@@ -141,6 +136,11 @@ class OverlayNode:
         self.answering: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
+        #: Linked peers silent for longer than keepalive + probe.
+        self.suspects: set[int] = set()
+        #: Recently seen peers (address -> endpoint): fallback bootstraps
+        #: for when every link and every configured bootstrap is gone.
+        self.known: OrderedDict[int, Endpoint] = OrderedDict()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -149,6 +149,12 @@ class OverlayNode:
         self.observers: list[Callable[[str, Link], None]] = []
         self.reflexive: Endpoint | None = None
         self.local_endpoint: Endpoint | None = None
+        #: Reflexive endpoints peers saw us at, from authenticated handshakes
+        #: (C{wow netcheck}).
+        self.nat = NatObserver()
+        #: Our local endpoint toward a destination (the adapter knows the
+        #: routing table; None: C{local_endpoint} or the wildcard).
+        self.local_for: Callable[[Endpoint], Endpoint] | None = None
         self.peers = TokenBuckets(p.peer_rate, p.peer_burst, p.source_table)
         self.strangers = TokenBuckets(p.stranger_rate, p.stranger_burst, p.source_table)
         self.peer_data = TokenBuckets(p.peer_data_rate, p.peer_data_burst, p.source_table)
@@ -331,9 +337,14 @@ class OverlayNode:
                 if link.bootstrap:
                     # The bootstrap node has the link now: route our join
                     # through it.  Its neighbours are somewhere else on the
-                    # ring, so linking to them would only be undone later.
+                    # ring, so linking to them would only be undone later;
+                    # we only remember them in case the bootstrap dies.
                     link.bootstrap = False
                     self._send_join(now)
+                    for e in m.get("l", [])[:4] if isinstance(m.get("l"), list) else []:
+                        if isinstance(e, list) and len(e) == 3 and isinstance(e[0], bytes) \
+                                and len(e[0]) == A.SIZE:
+                            self._remember(A.from_bytes(e[0]), W.as_endpoint(e[1:]))
                 else:
                     self._on_neighbours(m, link, now)
                     self._maybe_correct(m, link, now)
@@ -341,177 +352,6 @@ class OverlayNode:
                     # Answer a greeting from a near neighbour with our own
                     # list; a far peer (a shortcut) has no use for it.
                     self._send_neighbours(link, now)
-
-    # -- handshake ----------------------------------------------------------
-
-    def dial(self, endpoint: Endpoint, expected: int | None, ctm: bool = False,
-             owned: bool = True, replace: bool = False) -> None:
-        """
-        Start a handshake with C{endpoint} unless one is pointless or running.
-
-        C{replace}: dial even though a link to C{expected} exists (the peer
-        restarted elsewhere; the new link replaces the old one).
-        """
-        now = self.clock()
-        if expected is not None:
-            if expected == self.me or (expected in self.table.links and not replace) \
-                    or expected in self.dialing_addr or expected in self.answering:
-                return
-            failed = self.failed.get(expected)
-            if failed is not None and now - failed < self.params.dial_backoff:
-                return
-        if endpoint in self.dialing or endpoint in self.by_endpoint \
-                or len(self.dialing) >= self.params.max_dialing:
-            return
-        d = Dialing(endpoint, self.rng.getrandbits(128).to_bytes(16, "big"), expected, ctm,
-                    owned, 0, now)
-        self.dialing[endpoint] = d
-        if expected is not None:
-            self.dialing_addr[expected] = endpoint
-        self._send_hello(d, now)
-
-    def _send_hello(self, d: Dialing, now: float) -> None:
-        d.attempts += 1
-        d.sent_at = now
-        d.next_retry = now + self.params.hello_retry * d.attempts
-        payload = W.encode({"k": self.crypto.public, "n": d.nonce, "i": self.incarnation,
-                            "c": d.ctm})
-        self._raw(W.pack(W.LOCAL, W.HELLO, 1, 0, self.me, d.expected or 0, payload), d.endpoint)
-
-    def _cancel_dial(self, d: Dialing, failed: bool, now: float) -> None:
-        self.dialing.pop(d.endpoint, None)
-        if d.expected is not None:
-            if self.dialing_addr.get(d.expected) == d.endpoint:
-                del self.dialing_addr[d.expected]
-            if failed:
-                self.failed[d.expected] = now
-
-    def _refuse(self, to: int, nonce: bytes, reason: str, addr: Endpoint) -> None:
-        self.counters.inc("overlay_handshakes_refused", reason=reason)
-        self._raw(W.pack(W.LOCAL, W.REFUSE, 1, 0, self.me, to,
-                         W.encode({"n": nonce, "r": reason})), addr)
-
-    def _on_hello(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        m = W.decode(payload)
-        public = W.f_bytes(m, "k", max_size=512)
-        na = W.f_bytes(m, "n", 16)
-        incarnation = W.f_int(m, "i")
-        ctm = bool(m.get("c"))
-        peer = address_of(public)
-        if peer != hdr.src:
-            raise W.WireError("bad-identity", "HELLO source is not its key's address")
-        if peer == self.me:
-            d = self.dialing.get(addr)
-            if d is not None and d.nonce == na:
-                self._cancel_dial(d, False, now)
-            self._drop("self-dial", addr)
-            return
-        if hdr.dst not in (0, self.me):
-            self._refuse(peer, na, "target-mismatch", addr)
-            return
-        ans = self.answering.get(peer)
-        if ans is not None and ans.na == na and ans.endpoint == addr:
-            self._raw(ans.reply, addr)  # our REPLY was lost: resend it
-            return
-        link = self.table.links.get(peer)
-        if link is not None and link.hello_nonce == na:
-            self._drop("duplicate-hello", addr)
-            return
-        mine = self.dialing_addr.get(peer)
-        if mine is not None:
-            # Simultaneous open: the lower address's HELLO wins, so exactly
-            # one link results.
-            if peer < self.me:
-                d = self.dialing[mine]
-                if d.owned:
-                    self._adopt.add(peer)
-                self._cancel_dial(d, False, now)
-            else:
-                self._refuse(peer, na, "simultaneous", addr)
-                return
-        if len(self.answering) >= self.params.max_answering:
-            self._drop("handshake-table-full", addr)
-            return
-        nb = self.rng.getrandbits(128).to_bytes(16, "big")
-        sig = self.crypto.sign(reply_transcript(na, nb, peer, self.me, addr))
-        reply = W.pack(W.LOCAL, W.REPLY, 1, 0, self.me, peer, W.encode(
-            {"k": self.crypto.public, "n": nb, "i": self.incarnation,
-             "o": W.endpoint_value(addr), "s": sig}))
-        self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
-                                         now + self.params.hello_retry * 10, now)
-        self._raw(reply, addr)
-
-    def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        d = self.dialing.get(addr)
-        if d is None:
-            self._drop("unexpected-reply", addr)
-            return
-        m = W.decode(payload)
-        public = W.f_bytes(m, "k", max_size=512)
-        nb = W.f_bytes(m, "n", 16)
-        incarnation = W.f_int(m, "i")
-        seen = W.f_endpoint(m, "o")
-        sig = W.f_bytes(m, "s", max_size=256)
-        peer = address_of(public)
-        if peer != hdr.src or hdr.dst != self.me:
-            raise W.WireError("bad-identity", "REPLY addresses")
-        if d.expected is not None and peer != d.expected:
-            self._cancel_dial(d, True, now)
-            self._drop("target-mismatch", addr)
-            return
-        if not self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
-            self._drop("bad-signature", addr)
-            return
-        self.reflexive = seen
-        confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
-                            "s": self.crypto.sign(confirm_transcript(d.nonce, nb, self.me, peer,
-                                                                     addr))})
-        self._raw(W.pack(W.LOCAL, W.CONFIRM, 1, 0, self.me, peer, confirm), addr)
-        self._cancel_dial(d, False, now)
-        owned = d.owned or peer in self._adopt
-        self._adopt.discard(peer)
-        link = Link(peer, addr, public, incarnation, owned, now, now, now, hello_nonce=d.nonce,
-                    bootstrap=d.expected is None, rtt=now - d.sent_at)
-        # The dialler speaks second: our CONFIRM may still be in flight, so
-        # we wait for the peer's neighbour list before sending anything.
-        self._link_up(link, now, greet=False)
-
-    def _on_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        ans = self.answering.get(hdr.src)
-        if ans is None or ans.endpoint != addr:
-            self._drop("unexpected-confirm", addr)
-            return
-        m = W.decode(payload)
-        nb = W.f_bytes(m, "n", 16)
-        seen = W.f_endpoint(m, "o")
-        sig = W.f_bytes(m, "s", max_size=256)
-        if nb != ans.nb:
-            self._drop("unexpected-confirm", addr)
-            return
-        if not self.crypto.verify(ans.public, sig,
-                                  confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
-            del self.answering[hdr.src]
-            self._drop("bad-signature", addr)
-            return
-        del self.answering[hdr.src]
-        self.reflexive = seen
-        owned = ans.ctm or ans.address in self._adopt
-        self._adopt.discard(ans.address)
-        link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
-                    hello_nonce=ans.na, rtt=now - ans.sent_at)
-        self._link_up(link, now)
-
-    def _on_refuse(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        m = W.decode(payload)
-        nonce = W.f_bytes(m, "n", 16)
-        reason = W.f_str(m, "r")
-        d = self.dialing.get(addr)
-        if d is None or d.nonce != nonce:
-            self._drop("unexpected-refuse", addr)
-            return
-        self._cancel_dial(d, reason != "simultaneous", now)
-        if reason == "simultaneous" and d.owned:
-            self._adopt.add(hdr.src)
 
     # -- link state ---------------------------------------------------------
 
@@ -530,6 +370,7 @@ class OverlayNode:
             self._link_down(stale, "endpoint-reused", notify=False)
         self.table.add(link)
         self.by_endpoint[link.endpoint] = link
+        self._remember(link.address, link.endpoint)
         self.failed.pop(link.address, None)
         self.counters.inc("overlay_links_up")
         if greet:
@@ -606,6 +447,8 @@ class OverlayNode:
             addr = A.from_bytes(e[0])
             if addr != me and addr not in links:
                 offered[addr] = e
+                if len(self.known) < 8:
+                    self._remember(addr, W.as_endpoint(e[1:]))
         if not offered:
             return
         # Dial only the offered nodes that would be among our near
@@ -674,11 +517,34 @@ class OverlayNode:
                     self._send_neighbours(link, now)
                 return
             # Linked, but the peer speaks from elsewhere now: it restarted.
-        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
+        punched_back = bool(m.get("p"))
+        self.dial(endpoint, hdr.src, ctm=not punched_back, owned=punched_back,
+                  replace=link is not None)
+        if m.get("o") and not punched_back and link is None:
+            # An on-demand request (the requester is routable: it is in the
+            # ring and sends traffic): ask it to dial us at the same moment: each side's
+            # first packet opens its own NAT for the other's (hole punching
+            # through endpoint-independent mappings).
+            mine = self._endpoints()
+            if mine:
+                self.counters.inc("overlay_punch_back")
+                self.send_to(hdr.src, W.CTRL,
+                             W.encode({"op": "ctm", "e": mine, "j": False, "p": True}), W.EXACT)
+
+    def _remember(self, address: int, endpoint: Endpoint) -> None:
+        known = self.known
+        known[address] = endpoint
+        known.move_to_end(address)
+        if len(known) > 32:
+            known.popitem(last=False)
 
     def _join(self, now: float) -> None:
         for ep in self.bootstrap:
             if ep != self.local_endpoint:
+                self.dial(ep, None, owned=True)
+        if not self.table.links:
+            # The configured bootstraps may be gone too: try peers we met.
+            for ep in list(self.known.values())[-4:]:
                 self.dial(ep, None, owned=True)
 
     def _join_check(self, now: float) -> None:
@@ -728,11 +594,14 @@ class OverlayNode:
             if now >= ans.expires:
                 del self.answering[a]
         wanted = self.table.wanted() | self._ondemand_wanted(now)
+        suspects = set()
         for link in list(self.table.links.values()):
             silent = now - link.last_recv
             if silent > p.dead_after:
                 self._link_down(link, "timeout", notify=False)
                 continue
+            if silent > p.keepalive + p.probe:
+                suspects.add(link.address)
             if link.owned and link.address not in wanted and now - link.created > p.trim_grace:
                 self._link_down(link, "trim", notify=True)
                 continue
@@ -742,6 +611,11 @@ class OverlayNode:
                 link.ping_seq = (link.ping_seq + 1) & 0xFFFFFFFF
                 link.last_ping = link.ping_sent_at = now
                 self._send_link(link, W.PING, link.ping_seq.to_bytes(4, "big"), now)
+        if suspects != self.suspects:
+            # Silent neighbours are probably gone: copy DHT records to the
+            # next replicas now instead of after dead_after.
+            self.suspects = suspects
+            self.dht.membership_changed(now)
         if self.table.links and self.table.finger_count() != self._finger_count:
             self._finger_count = self.table.finger_count()
             for t in self.table.finger_targets():
@@ -835,8 +709,44 @@ class OverlayNode:
                 "rtt_ms": round(link.rtt * 1000, 2) if link.rtt is not None else None,
                 "age_s": round(now - link.created, 1),
                 "owned": link.owned,
+                "path": "direct",
             })
         return out
+
+    def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
+                           now: float) -> None:
+        """An authenticated handshake told us where C{peer} saw us come from."""
+        local = (self.local_for(destination) if self.local_for is not None
+                 else self.local_endpoint or ("0.0.0.0", 0))
+        change = self.nat.observe(peer, destination, seen, local, now, authenticated=True)
+        if change is not None:
+            self.counters.inc("overlay_mapping_changes")
+
+    def netcheck(self, now: float) -> dict[str, Any]:
+        """What C{wow netcheck} shows: endpoints, NAT mapping, direct reachability."""
+        report = self.nat.report(now)
+        mapping = report["mapping"]
+        if mapping == "none":
+            reachable, why = "yes", "not behind a NAT: peers see our local endpoint"
+        elif mapping == "endpoint-independent":
+            reachable, why = "probably", (
+                "one external endpoint for every peer: peers can reach it once we have sent "
+                "to them (hole punching); unsolicited traffic depends on the NAT's filtering, "
+                "which is not measured")
+        elif mapping == "address-and-port-dependent":
+            reachable, why = "no", (
+                "a new external endpoint per destination (symmetric NAT): direct links need "
+                "the peer to be reachable or a relay")
+        else:
+            reachable, why = "unknown", (
+                "fewer than two peers at different addresses have seen us yet")
+        report.update({
+            "address": A.to_text(self.me),
+            "reflexive_endpoints": [f"{h}:{p}" for h, p in self.nat.reflexive_endpoints(now)],
+            "reachable_directly": reachable,
+            "explanation": why,
+        })
+        return report
 
     # -- links on demand (the IP router's traffic) ----------------------------
 
@@ -858,7 +768,8 @@ class OverlayNode:
         if not eps:
             return
         self.counters.inc("overlay_ondemand_requests")
-        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False}), W.EXACT)
+        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False, "o": True}),
+                     W.EXACT)
 
     def touch(self, address: int) -> None:
         """Traffic to or from C{address}: keep its on-demand link."""

@@ -90,6 +90,11 @@ class OverlayService(Service):
         self.gso: udpgso.GsoUdp | None = None
         #: Whole DATA messages taken from GRO bursts go here: (source, message).
         self.fast_data: Callable[[int, bytes], None] | None = None
+        self._sources: dict[str, str] = {}
+        #: Plain ints on the hot path, moved into the counters on each read.
+        self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
+        self._io_reported = [0, 0, 0, 0]
+        self.counters.add_refresher(self._refresh_metrics)
 
     # -- the API other parts use --------------------------------------------
 
@@ -118,7 +123,10 @@ class OverlayService(Service):
         if link is not None and self.gso is not None and kind == W.DATA:
             buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
             link.last_sent = self.reactor.seconds()
-            node.sent += -(-len(buf) // seg)
+            count = -(-len(buf) // seg)
+            node.sent += count
+            self._io[2] += count
+            self._io[3] += len(buf)
             self.gso.send_buffer(buf, seg, link.endpoint)
             self.counters.inc("overlay_link_messages_sent")
             return True
@@ -181,6 +189,7 @@ class OverlayService(Service):
         )
         if interface:
             node.local_endpoint = (interface, local_port)
+        node.local_for = self._local_for
         for kind, handler in self._handlers.items():
             node.register_handler(kind, handler)
         for obs in self._observers:
@@ -229,6 +238,9 @@ class OverlayService(Service):
     # -- I/O ------------------------------------------------------------------
 
     def received(self, data: bytes, addr: Endpoint) -> None:
+        io = self._io
+        io[0] += 1
+        io[1] += len(data)
         if self.node is not None:
             self.node.datagram_received(data, addr, self.reactor.seconds())
 
@@ -252,8 +264,11 @@ class OverlayService(Service):
             return
         now = self.reactor.seconds()
         me = A.to_bytes(node.me)
+        io = self._io
         for data, seg, raw_addr in gso.recv_batch():
             addr = (raw_addr[0], raw_addr[1])
+            io[0] += -(-len(data) // seg) if seg else 1
+            io[1] += len(data)
             if not seg or len(data) <= seg:
                 node.datagram_received(data, addr, now)
                 continue
@@ -291,6 +306,9 @@ class OverlayService(Service):
     def _send(self, data: bytes, addr: Endpoint) -> None:
         if self.port is None:
             return
+        io = self._io
+        io[2] += 1
+        io[3] += len(data)
         try:
             self.port.write(data, addr)
         except MessageLengthError:
@@ -306,6 +324,24 @@ class OverlayService(Service):
         self.log.info("overlay link {event}: {peer} at {ip}:{port}", event=event,
                       peer=A.to_text(link.address), ip=link.endpoint[0], port=link.endpoint[1])
 
+    def _refresh_metrics(self) -> None:
+        """Datagrams and bytes in/out, and the links by kind, for exporters."""
+        names = ("overlay_datagrams_received", "overlay_bytes_received",
+                 "overlay_datagrams_sent", "overlay_bytes_sent")
+        for i, name in enumerate(names):
+            delta = self._io[i] - self._io_reported[i]
+            self._io_reported[i] = self._io[i]
+            self.counters.inc(name, delta)
+        kinds = dict.fromkeys(("near", "shortcut", "on-demand", "other", "relayed"), 0)
+        if self.node is not None:
+            for link in self.node.table.links.values():
+                kind = link.kind
+                if kind == "other" and link.address in self.node.ondemand:
+                    kind = "on-demand"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in kinds.items():
+            self.counters.set("overlay_links", count, kind=kind)
+
     # -- control commands -------------------------------------------------------
 
     def register_control(self, control: Any) -> None:
@@ -313,6 +349,7 @@ class OverlayService(Service):
 
         add_status_section(control, "overlay", self.control_status)
         control.register("peers", self.control_peers)
+        control.register("netcheck", self.control_netcheck)
         for op in ("get", "put", "create", "delete"):
             control.register(f"dht.{op}", lambda args, op=op: self.control_dht(op, args))
 
@@ -331,6 +368,37 @@ class OverlayService(Service):
         if self.node is None:
             return []
         return self.node.peers_info(self.reactor.seconds())
+
+    def control_netcheck(self, args: dict[str, Any]) -> dict[str, Any]:
+        from wow.control.server import CommandError
+
+        if self.node is None:
+            raise CommandError("the overlay is not running")
+        return self.node.netcheck(self.reactor.seconds())
+
+    def _local_for(self, destination: Endpoint) -> Endpoint:
+        """
+        Our local endpoint toward C{destination}: the source address the
+        kernel picks for it (a connected UDP socket sends nothing) and our port.
+        """
+        port = self.port.getHost().port if self.port is not None else 0
+        interface = self.config.overlay.interface
+        if interface:
+            return (interface, port)
+        cached = self._sources.get(destination[0])
+        if cached is None:
+            import socket
+
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.connect((destination[0], destination[1] or 9))
+                    cached = s.getsockname()[0]
+            except OSError:
+                cached = "0.0.0.0"
+            if len(self._sources) > 256:
+                self._sources.clear()
+            self._sources[destination[0]] = cached
+        return (cached, port)
 
     def control_dht(self, op: str, args: dict[str, Any]) -> Deferred[Any]:
         from wow.control.server import CommandError

@@ -1,0 +1,228 @@
+"""
+The link handshake (HELLO / REPLY / CONFIRM / REFUSE) of L{OverlayNode}.
+
+A mixin so the handshake's rules (authentication, reflexive endpoints, one
+link per pair, retransmission) read on their own; it works on the node's
+tables, declared below.  The wire format is in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from wow.metrics import Counters
+from wow.overlay import wire as W
+from wow.overlay.identity import ICrypto, address_of
+from wow.overlay.link import (
+    Answering,
+    Dialing,
+    Endpoint,
+    Link,
+    confirm_transcript,
+    reply_transcript,
+)
+
+if TYPE_CHECKING:
+    from wow.overlay.node import OverlayParams
+    from wow.overlay.ring import RoutingTable
+
+
+class HandshakeMixin:
+    # Provided by OverlayNode.
+    me: int
+    crypto: ICrypto
+    params: OverlayParams
+    counters: Counters
+    rng: random.Random
+    incarnation: int
+    table: RoutingTable
+    by_endpoint: dict[Endpoint, Link]
+    dialing: dict[Endpoint, Dialing]
+    dialing_addr: dict[int, Endpoint]
+    answering: dict[int, Answering]
+    failed: dict[int, float]
+    _adopt: set[int]
+    reflexive: Endpoint | None
+    clock: Callable[[], float]
+
+    def _raw(self, data: bytes, endpoint: Endpoint) -> None:
+        raise NotImplementedError
+
+    def _drop(self, reason: str, addr: Endpoint | None = None) -> None:
+        raise NotImplementedError
+
+    def _link_up(self, link: Link, now: float, greet: bool = True) -> None:
+        raise NotImplementedError
+
+    def dial(self, endpoint: Endpoint, expected: int | None, ctm: bool = False,
+             owned: bool = True, replace: bool = False) -> None:
+        """
+        Start a handshake with C{endpoint} unless one is pointless or running.
+
+        C{replace}: dial even though a link to C{expected} exists (the peer
+        restarted elsewhere; the new link replaces the old one).
+        """
+        now = self.clock()
+        if expected is not None:
+            if expected == self.me or (expected in self.table.links and not replace) \
+                    or expected in self.dialing_addr or expected in self.answering:
+                return
+            failed = self.failed.get(expected)
+            if failed is not None and now - failed < self.params.dial_backoff:
+                return
+        if endpoint in self.dialing or endpoint in self.by_endpoint \
+                or len(self.dialing) >= self.params.max_dialing:
+            return
+        d = Dialing(endpoint, self.rng.getrandbits(128).to_bytes(16, "big"), expected, ctm,
+                    owned, 0, now)
+        self.dialing[endpoint] = d
+        if expected is not None:
+            self.dialing_addr[expected] = endpoint
+        self._send_hello(d, now)
+
+    def _send_hello(self, d: Dialing, now: float) -> None:
+        d.attempts += 1
+        d.sent_at = now
+        d.next_retry = now + self.params.hello_retry * d.attempts
+        payload = W.encode({"k": self.crypto.public, "n": d.nonce, "i": self.incarnation,
+                            "c": d.ctm})
+        self._raw(W.pack(W.LOCAL, W.HELLO, 1, 0, self.me, d.expected or 0, payload), d.endpoint)
+
+    def _cancel_dial(self, d: Dialing, failed: bool, now: float) -> None:
+        self.dialing.pop(d.endpoint, None)
+        if d.expected is not None:
+            if self.dialing_addr.get(d.expected) == d.endpoint:
+                del self.dialing_addr[d.expected]
+            if failed:
+                self.failed[d.expected] = now
+
+    def _refuse(self, to: int, nonce: bytes, reason: str, addr: Endpoint) -> None:
+        self.counters.inc("overlay_handshakes_refused", reason=reason)
+        self._raw(W.pack(W.LOCAL, W.REFUSE, 1, 0, self.me, to,
+                         W.encode({"n": nonce, "r": reason})), addr)
+
+    def _on_hello(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        m = W.decode(payload)
+        public = W.f_bytes(m, "k", max_size=512)
+        na = W.f_bytes(m, "n", 16)
+        incarnation = W.f_int(m, "i")
+        ctm = bool(m.get("c"))
+        peer = address_of(public)
+        if peer != hdr.src:
+            raise W.WireError("bad-identity", "HELLO source is not its key's address")
+        if peer == self.me:
+            d = self.dialing.get(addr)
+            if d is not None and d.nonce == na:
+                self._cancel_dial(d, False, now)
+            self._drop("self-dial", addr)
+            return
+        if hdr.dst not in (0, self.me):
+            self._refuse(peer, na, "target-mismatch", addr)
+            return
+        ans = self.answering.get(peer)
+        if ans is not None and ans.na == na and ans.endpoint == addr:
+            self._raw(ans.reply, addr)  # our REPLY was lost: resend it
+            return
+        link = self.table.links.get(peer)
+        if link is not None and link.hello_nonce == na:
+            self._drop("duplicate-hello", addr)
+            return
+        mine = self.dialing_addr.get(peer)
+        if mine is not None:
+            # Simultaneous open: the lower address's HELLO wins, so exactly
+            # one link results.
+            if peer < self.me:
+                d = self.dialing[mine]
+                if d.owned:
+                    self._adopt.add(peer)
+                self._cancel_dial(d, False, now)
+            else:
+                self._refuse(peer, na, "simultaneous", addr)
+                return
+        if len(self.answering) >= self.params.max_answering:
+            self._drop("handshake-table-full", addr)
+            return
+        nb = self.rng.getrandbits(128).to_bytes(16, "big")
+        sig = self.crypto.sign(reply_transcript(na, nb, peer, self.me, addr))
+        reply = W.pack(W.LOCAL, W.REPLY, 1, 0, self.me, peer, W.encode(
+            {"k": self.crypto.public, "n": nb, "i": self.incarnation,
+             "o": W.endpoint_value(addr), "s": sig}))
+        self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
+                                         now + self.params.hello_retry * 10, now)
+        self._raw(reply, addr)
+
+    def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        d = self.dialing.get(addr)
+        if d is None:
+            self._drop("unexpected-reply", addr)
+            return
+        m = W.decode(payload)
+        public = W.f_bytes(m, "k", max_size=512)
+        nb = W.f_bytes(m, "n", 16)
+        incarnation = W.f_int(m, "i")
+        seen = W.f_endpoint(m, "o")
+        sig = W.f_bytes(m, "s", max_size=256)
+        peer = address_of(public)
+        if peer != hdr.src or hdr.dst != self.me:
+            raise W.WireError("bad-identity", "REPLY addresses")
+        if d.expected is not None and peer != d.expected:
+            self._cancel_dial(d, True, now)
+            self._drop("target-mismatch", addr)
+            return
+        if not self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
+            self._drop("bad-signature", addr)
+            return
+        self.reflexive = seen
+        self._observe_reflexive(peer, addr, seen, now)
+        confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
+                            "s": self.crypto.sign(confirm_transcript(d.nonce, nb, self.me, peer,
+                                                                     addr))})
+        self._raw(W.pack(W.LOCAL, W.CONFIRM, 1, 0, self.me, peer, confirm), addr)
+        self._cancel_dial(d, False, now)
+        owned = d.owned or peer in self._adopt
+        self._adopt.discard(peer)
+        link = Link(peer, addr, public, incarnation, owned, now, now, now, hello_nonce=d.nonce,
+                    bootstrap=d.expected is None, rtt=now - d.sent_at)
+        # The dialler speaks second: our CONFIRM may still be in flight, so
+        # we wait for the peer's neighbour list before sending anything.
+        self._link_up(link, now, greet=False)
+
+    def _on_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        ans = self.answering.get(hdr.src)
+        if ans is None or ans.endpoint != addr:
+            self._drop("unexpected-confirm", addr)
+            return
+        m = W.decode(payload)
+        nb = W.f_bytes(m, "n", 16)
+        seen = W.f_endpoint(m, "o")
+        sig = W.f_bytes(m, "s", max_size=256)
+        if nb != ans.nb:
+            self._drop("unexpected-confirm", addr)
+            return
+        if not self.crypto.verify(ans.public, sig,
+                                  confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
+            del self.answering[hdr.src]
+            self._drop("bad-signature", addr)
+            return
+        del self.answering[hdr.src]
+        self.reflexive = seen
+        self._observe_reflexive(ans.address, addr, seen, now)
+        owned = ans.ctm or ans.address in self._adopt
+        self._adopt.discard(ans.address)
+        link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
+                    hello_nonce=ans.na, rtt=now - ans.sent_at)
+        self._link_up(link, now)
+
+    def _on_refuse(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        m = W.decode(payload)
+        nonce = W.f_bytes(m, "n", 16)
+        reason = W.f_str(m, "r")
+        d = self.dialing.get(addr)
+        if d is None or d.nonce != nonce:
+            self._drop("unexpected-refuse", addr)
+            return
+        self._cancel_dial(d, reason != "simultaneous", now)
+        if reason == "simultaneous" and d.owned:
+            self._adopt.add(hdr.src)

@@ -20,9 +20,11 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from wow.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from wow.lab.netns import Lab
 
 #: Tools the demo drives, and the Debian package that has each.
 TOOLS = {"ip": "iproute2", "dhclient": "isc-dhcp-client", "nft": "nftables",
@@ -103,12 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["WOW_KEEP_LAB_LOGS"] = "1"
 
     from wow.demo.topology import NodeSite
-    from wow.lab.netns import Lab
 
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    lab = Lab(tag="d")
-    code = EXIT_OK
-    try:
+    def body(lab: Lab) -> tuple[int, bool]:
         site = NodeSite(lab)
         say(f"starting wow-node in namespace {site.ns} with TAP {site.tap} "
             f"(logs in {lab.workdir})")
@@ -116,6 +114,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say(f"running the host's DHCP client: dhclient on {site.tap}")
         site.dhclient()
         show_lease(site, site.wait_event("BOUND", timeout=40))
+        return EXIT_OK, False
+
+    return run_in_lab(args, body)
+
+
+def run_in_lab(args: argparse.Namespace, body: Callable[[Lab], tuple[int, bool]]) -> int:
+    """
+    Run C{body} in a fresh lab, then wait for Ctrl-C or C{--duration}, and
+    tear everything down (unless C{body} kept it running).  SIGTERM and SIGHUP
+    tear down like Ctrl-C.
+    """
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    lab = Lab(tag="d")
+    code, kept = EXIT_OK, False
+    try:
+        code, kept = body(lab)
+        if kept:
+            return code
         if args.duration is None:
             say("running; press Ctrl-C to stop")
             while True:
@@ -129,8 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"wow demo: failed: {str(e).splitlines()[0]}", file=sys.stderr)
         code = EXIT_FAILED
     finally:
-        say("tearing down")
-        lab.teardown()
+        if not kept:
+            say("tearing down")
+            lab.teardown()
         for s, handler in previous.items():
             signal.signal(s, handler)
     left = [ns for ns in os.listdir("/run/netns") if ns.startswith(lab.prefix)] \
@@ -154,54 +171,26 @@ def demo_wan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from wow.demo.wan import DemoWan, load_state
     from wow.lab.nat import NatKind
-    from wow.lab.netns import Lab
 
     if load_state() is not None:
         print("wow demo: a kept demo is still running; stop it first with: wow demo down.",
               file=sys.stderr)
         return EXIT_FAILED
     kinds = (NatKind(args.nat_a), NatKind(args.nat_b))
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    lab = Lab(tag="d")
-    demo = DemoWan(lab, say, kinds)
-    code = EXIT_OK
-    kept = False
-    try:
+
+    def body(lab: Lab) -> tuple[int, bool]:
+        demo = DemoWan(lab, say, kinds)
         say(f"building a WOW on this machine (logs in {lab.workdir})")
         demo.run()
         results = demo.show_traffic()
-        if not all(results["ping"].values()) or not results["iperf3"]:
-            code = EXIT_FAILED
+        code = EXIT_OK if all(results["ping"].values()) and results["iperf3"] else EXIT_FAILED
         if args.keep:
             demo.save()
-            kept = True
             demo.how_to_enter()
-            return code
-        if args.duration is None:
-            say("running; press Ctrl-C to stop (or use --duration S, or --keep)")
-            while True:
-                time.sleep(3600)
-        else:
-            say(f"running for {args.duration:g} s more")
-            time.sleep(args.duration)
-    except (KeyboardInterrupt, _Stop):
-        print()
-    except AssertionError as e:
-        print(f"wow demo: failed: {str(e).splitlines()[0]}", file=sys.stderr)
-        code = EXIT_FAILED
-    finally:
-        if not kept:
-            say("tearing down")
-            lab.teardown()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    left = [ns for ns in os.listdir("/run/netns") if ns.startswith(lab.prefix)] \
-        if os.path.isdir("/run/netns") else []
-    if left:
-        print(f"wow demo: namespaces left behind: {', '.join(left)}", file=sys.stderr)
-        return EXIT_FAILED
-    say(f"stopped; nothing left behind (prefix {lab.prefix})")
-    return code
+            return code, True
+        return code, False
+
+    return run_in_lab(args, body)
 
 
 def demo_shell(args: argparse.Namespace) -> int:

@@ -29,6 +29,8 @@ from wow.lab.wan import Host, Internet
 
 PORT = 4789
 CA_PORT = 8443
+#: How long the traffic test waits for each path to open before measuring.
+PATH_SETTLE_S = 30.0
 #: The virtual IP the CA's node asks its DHCP for.
 CA_ADDRESS = "10.128.0.2"
 STATE_FILE = "/run/wow-demo/state.json"
@@ -236,7 +238,16 @@ class DemoWan:
         a, b = self.nodes[1], self.nodes[3]
         print()
         print("Across sites and NATs, by name:")
-        for src, dst in ((a, b), (b, a), (a, self.nodes[0]), (self.nodes[2], self.nodes[4])):
+        pairs = ((a, b), (b, a), (a, self.nodes[0]), (self.nodes[2], self.nodes[4]))
+        for src, dst in pairs:
+            # The first packets of a pair wait for lease lookups and an
+            # on-demand link; give each path up to PATH_SETTLE_S to open.
+            deadline = time.monotonic() + PATH_SETTLE_S
+            while time.monotonic() < deadline and self.lab.ns_run(
+                    src.ns, "ping", "-c", "1", "-W", "1", f"{dst.name}.wow",
+                    check=False, timeout=10).returncode != 0:
+                time.sleep(0.5)
+        for src, dst in pairs:
             out = self.lab.ns_run(src.ns, "ping", "-c", "3", "-i", "0.2", "-W", "3",
                                   f"{dst.name}.wow", check=False, timeout=30)
             text = out.stdout.decode()
@@ -247,8 +258,12 @@ class DemoWan:
                   + ("; ".join(s.strip() for s in summary) if summary else "failed"))
         server = self.lab.spawn(b.ns, ["iperf3", "-s", "-1", "-B", b.ip], "iperf3-server")
         time.sleep(0.5)
-        out = self.lab.ns_run(a.ns, "iperf3", "-c", f"{b.name}.wow", "-t",
-                              f"{iperf_seconds:g}", "-J", check=False, timeout=60)
+        try:
+            out = self.lab.ns_run(a.ns, "iperf3", "-c", f"{b.name}.wow", "-t",
+                                  f"{iperf_seconds:g}", "--connect-timeout", "5000", "-J",
+                                  check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            out = subprocess.CompletedProcess([], 1, b"", b"")
         self.lab.stop(server)
         try:
             report = json.loads(out.stdout)

@@ -127,6 +127,33 @@ class IAllocator(Interface):
         """Every bound, unexpired lease."""
 
 
+
+def set_lease_file_aside(path: str, error: Exception, counters: Counters, log: Logger) -> None:
+    """Never lose the evidence: keep an unreadable lease file aside, start empty."""
+    aside = path + ".corrupt"
+    try:
+        os.replace(path, aside)
+    except OSError:
+        pass
+    counters.inc("lease_file_errors", reason="corrupt")
+    log.error("lease file {path} is unreadable ({error}); moved to {aside}",
+              path=path, error=error, aside=aside)
+
+
+def read_lease_file(path: str, counters: Counters, log: Logger) -> dict[str, Any] | None:
+    """The parsed lease file; None when there is none or it was unreadable (set aside)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        set_lease_file_aside(path, e, counters, log)
+        return None
+
 def default_pool(network: IPv4Network, gateway: IPv4Address) -> tuple[IPv4Address, IPv4Address]:
     """The whole subnet but the network, broadcast and gateway addresses."""
     first = network.network_address + 1
@@ -182,23 +209,13 @@ class LocalAllocator:
     # -- persistence ------------------------------------------------------
 
     def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                data = json.loads(f.read())
-            records = data["leases"]
-            leases = [Lease.from_json(r) for r in records]
-        except FileNotFoundError:
+        data = read_lease_file(self.path, self.counters, self.log)
+        if data is None:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            # Never lose the evidence: keep the bad file aside, start empty.
-            aside = self.path + ".corrupt"
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                pass
-            self.counters.inc("lease_file_errors", reason="corrupt")
-            self.log.error("lease file {path} is unreadable ({error}); moved to {aside}",
-                           path=self.path, error=e, aside=aside)
+        try:
+            leases = [Lease.from_json(r) for r in data["leases"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            set_lease_file_aside(self.path, e, self.counters, self.log)
             return
         for lease in leases:
             if lease.state == OFFERED:

@@ -27,7 +27,6 @@ key, written atomically on every change that must survive a crash.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Generator, Iterator
 from dataclasses import replace
@@ -50,6 +49,8 @@ from wow.dhcp.allocator import (
     Lease,
     client_key,
     default_pool,
+    read_lease_file,
+    set_lease_file_aside,
 )
 from wow.dhcp.dhtclient import EXISTS, DhtClientError, IDhtClient, failure_reason, lease_key
 from wow.metrics import Counters
@@ -111,22 +112,14 @@ class DhtAllocator:
     # -- persistence ------------------------------------------------------
 
     def _load(self) -> None:
+        data = read_lease_file(self.path, self.counters, self.log)
+        if data is None:
+            return
         try:
-            with open(self.path, "rb") as f:
-                data = json.loads(f.read())
             leases = [Lease.from_json(r) for r in data["leases"]]
             declined = {IPv4Address(ip): float(t) for ip, t in data.get("declined", {}).items()}
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            aside = self.path + ".corrupt"
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                pass
-            self.counters.inc("lease_file_errors", reason="corrupt")
-            self.log.error("lease file {path} is unreadable ({error}); moved to {aside}",
-                           path=self.path, error=e, aside=aside)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            set_lease_file_aside(self.path, e, self.counters, self.log)
             return
         for lease in leases:
             if lease.ip in self.network:

@@ -52,6 +52,7 @@ class NodeService(MultiService):
         self.dns = None
         self.nic: NicService | None = None
         self.enroller = None
+        self.security = None
         if config.tap.enabled:  # false: an overlay-only node
             if config.dns.enabled:
                 from wow.dns.service import NodeDns
@@ -84,6 +85,8 @@ class NodeService(MultiService):
                                         reactor, self.counters)
             self.router.setServiceParent(self)
             self.sink.route = self.router.route
+            if config.security.enabled:
+                self._add_security(config, reactor)
             self.control.register("leases", self.nic.leases)
             self.status.contribute("nic", self.nic.status)
             if config.ca.url:
@@ -110,6 +113,43 @@ class NodeService(MultiService):
 
             web_service(reactor, self.control.factory.handlers, config.web.listen
                         ).setServiceParent(self)
+
+    def _add_security(self, config: NodeConfig, reactor: Any) -> None:
+        """End-to-end DTLS between the router and the overlay (wow/security/gate.py)."""
+        from wow.security.gate import SecureGate
+        from wow.security.service import SecurityService
+
+        router = self.router
+
+        def transmit(peer: bytes, datagram: bytes) -> None:
+            router.send_data(int.from_bytes(peer, "big"), datagram)
+
+        self.security = security = SecurityService(
+            config, reactor, self.counters, b"", transmit,
+            address_of=lambda: self.overlay.address)
+        security.setServiceParent(self)  # after the router: stops first, closes sessions
+        router.gate = SecureGate(security, security.policy, router.send_data, self.counters)
+        security.register(self.control, self.status)
+        self.control.register("peers", self._peers)
+
+    def _peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """C{wow peers}: the overlay's links, each with its secured session (if any)."""
+        peers = self.overlay.control_peers(args)
+        if self.security is None:
+            return peers
+        sessions = {"wow:" + str(s["peer"]): s for s in self.security.peers()}
+        for p in peers:
+            s = sessions.pop(p["address"], None)
+            p["secured"] = bool(s and s["secured"])
+            p["cipher"] = s["cipher"] if s else None
+            p["serial"] = s["serial"] if s else None
+            p["peer_ip"] = s["peer_ip"] if s else None
+        for address, s in sorted(sessions.items()):  # sessions over routed paths
+            peers.append({"address": address, "endpoint": "-", "kind": "routed",
+                          "rtt_ms": None, "age_s": None, "path": "routed",
+                          "secured": s["secured"], "cipher": s["cipher"],
+                          "serial": s["serial"], "peer_ip": s["peer_ip"]})
+        return peers
 
     def _mac_of(self, ip: bytes) -> bytes | None:
         return self.nic.mac_of(ip) if self.nic is not None else None

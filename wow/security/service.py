@@ -16,6 +16,7 @@ datagrams to put on the wire go to the injected C{transmit(peer, datagram)}.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,8 +140,14 @@ class SecurityService(Service):
         local_address: bytes,
         transmit: Transmit,
         fetch: Fetch | None = None,
+        address_of: Callable[[], int | None] | None = None,
     ) -> None:
+        """
+        @param address_of: the overlay address, known only once the overlay
+            runs (the node passes this and an empty C{local_address}).
+        """
         self.config = config
+        self._address_of = address_of
         self.reactor = reactor
         self.counters = counters
         self.local_address = local_address
@@ -173,6 +180,10 @@ class SecurityService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        if self._address_of is not None:
+            address = self._address_of()
+            if address is not None:
+                self.local_address = address.to_bytes(20, "big")
         if self.config.security.enabled:
             self._watch()
 
@@ -400,6 +411,26 @@ class SecurityService(Service):
         }
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """The flat C{security} section of C{wow status}: certificate and CRL state."""
+        status = self.status()
+        cert = status.get("certificate") or {}
+        crl = status["crl"]
+        channels = self.manager.channels.values() if self.manager is not None else ()
+        return {
+            "enabled": status["enabled"],
+            "certificate": status["state"] if not cert else
+            ("REVOKED" if cert["revoked"] else "valid"),
+            "serial": cert.get("serial"),
+            "subject": cert.get("subject"),
+            "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert["not_after"]))
+            if cert else None,
+            "crl_number": crl["number"],
+            "crl_revoked": crl["revoked"],
+            "crl_error": crl["error"],
+            "secured_peers": sum(1 for c in channels if c.current is not None),
+        }
+
     def peers(self, args: dict[str, Any] | None = None) -> list[dict[str, object]]:
         """Per peer: secured or not, cipher, certificate serial (for C{wow peers})."""
         return self.manager.peers() if self.manager is not None else []
@@ -408,4 +439,4 @@ class SecurityService(Service):
         """Expose C{security} (and C{security-peers}) on the control socket."""
         control.register("security", lambda args: {"status": self.status(), "peers": self.peers()})
         if status_board is not None:
-            status_board.contribute("security", self.status)
+            status_board.contribute("security", self.summary)

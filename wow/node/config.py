@@ -332,7 +332,7 @@ class SecuritySection:
         if self.crl_url and urlsplit(self.crl_url).scheme not in ("http", "https"):
             raise ConfigError(f"security.crl_url {self.crl_url!r} must be an http or https URL")
         for key, low, high in (
-            ("crl_refresh", 30, 7 * 86400),
+            ("crl_refresh", 10, 7 * 86400),
             ("rekey_interval", 60, 7 * 86400),
             ("rekey_bytes", 2**20, 2**48),
             ("rekey_packets", 1024, 2**48),

@@ -129,6 +129,12 @@ class NodeService(MultiService):
             address_of=lambda: self.overlay.address)
         security.setServiceParent(self)  # after the router: stops first, closes sessions
         router.gate = SecureGate(security, security.policy, router.send_data, self.counters)
+        # CRLs pushed along the overlay's links (wow/security/crlflood.py).
+        from wow.security.crlflood import CrlFlood
+
+        self.crl_flood = CrlFlood(self.overlay, security.offer_crl, reactor, self.counters)
+        security.crl_listeners.append(self.crl_flood.adopted)
+        self.crl_flood.setServiceParent(self)
         security.register(self.control, self.status)
         self.control.register("peers", self._peers)
 

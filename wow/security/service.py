@@ -171,6 +171,8 @@ class SecurityService(Service):
         self._crl_call: IDelayedCall | None = None
         self._watch_call: IDelayedCall | None = None
         self._installed: tuple[tuple[int, int], ...] | None = None
+        #: Told C{(der, source)} of every CRL adopted (the overlay flood listens).
+        self.crl_listeners: list[Callable[[bytes, str], None]] = []
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -349,6 +351,11 @@ class SecurityService(Service):
         if update.newly_revoked and self.manager is not None:
             for peer, datagram in self.manager.revoke(update.newly_revoked):
                 self._send_out(peer, datagram)
+        for listener in self.crl_listeners:
+            try:
+                listener(der, source)
+            except Exception:
+                self.log.failure("security: CRL listener failed")
         return True
 
     def _schedule_crl(self, when: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
@@ -22,6 +22,17 @@ from wow.node.sink import DnsLeaseObserver, NodeSink
 from wow.node.status import StatusBoard
 from wow.util.durable import ensure_private_directory
 from wow.util.fatal import fatal
+
+
+class _OnStart(Service):
+    """Calls C{hook} when started: lets a later sibling use what earlier ones set up."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.hook()
 
 
 class NodeService(MultiService):
@@ -95,6 +106,8 @@ class NodeService(MultiService):
                 self.enroller = node_enroller(config, reactor, self.nic.host_ip)
                 if self.enroller is not None:
                     self.enroller.counters = self.counters
+                    if config.security.enabled:
+                        _OnStart(self._certify_overlay_address).setServiceParent(self)
                     self.enroller.setServiceParent(self)
         # wow ping: overlay echo to an address, a virtual IP or a name.
         from wow.node.ping import PingCommand
@@ -113,6 +126,19 @@ class NodeService(MultiService):
 
             web_service(reactor, self.control.factory.handlers, config.web.listen
                         ).setServiceParent(self)
+
+    def _certify_overlay_address(self) -> None:
+        """
+        Enrol with the overlay address as a URI SAN (known once the overlay
+        runs), so a copied certificate and key fail on any other node.
+        """
+        from dataclasses import replace
+
+        from wow.security.verify import overlay_uri
+
+        enroller, address = self.enroller, self.overlay.address
+        if enroller is not None and address is not None and enroller.settings.overlay is None:
+            enroller.settings = replace(enroller.settings, overlay=overlay_uri(address))
 
     def _add_security(self, config: NodeConfig, reactor: Any) -> None:
         """End-to-end DTLS between the router and the overlay (wow/security/gate.py)."""

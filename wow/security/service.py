@@ -38,8 +38,9 @@ from wow.security.policy import Policy
 from wow.security.records import Buffer
 
 CERT, KEY, CA, CRL = "host.pem", "host.key", "ca.pem", "crl.der"
-#: How often the installed certificate is checked for enrolment or renewal.
-IDENTITY_CHECK_S = 60.0
+#: How often the installed certificate is checked for enrolment or renewal
+#: (three stat calls; secured traffic waits for it after the first enrolment).
+IDENTITY_CHECK_S = 5.0
 #: A CRL larger than this is refused before parsing.
 MAX_CRL_BYTES = 4 * 2**20
 

@@ -42,11 +42,14 @@ from wow.lab.wan import Internet
 SECRET = "WOW-SECRET!"
 PATTERN = SECRET.encode().hex()
 #: Replays a list of Ethernet frames (hex, on stdin) out of one interface.
+#: The UDP checksum is cleared (0: none): a veth capture holds it unfinished.
 REPLAY = (
     "import json, socket, sys\n"
     "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
     "s.bind((sys.argv[1], 0))\n"
-    "for h in json.load(sys.stdin): s.send(bytes.fromhex(h))\n"
+    "for h in json.load(sys.stdin):\n"
+    "    f = bytearray.fromhex(h); u = 14 + (f[14] & 15) * 4; f[u + 6:u + 8] = bytes(2)\n"
+    "    s.send(f)\n"
 )
 
 

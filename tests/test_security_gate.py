@@ -100,6 +100,25 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual({b for b in range(256) if is_secured(b)}, framing)
 
 
+class CaReachableTests(SynchronousTestCase):
+    def test_ca_is_public(self) -> None:
+        """Nodes enrol over the virtual network: the CA's virtual IP is reachable in clear."""
+        from ipaddress import IPv4Address
+
+        from wow.node.config import NodeCaSection
+
+        config = NodeConfig(node=NodeSection(state_dir=self.mktemp()),
+                            ca=NodeCaSection(url="https://10.128.0.9:8443"))
+        service = SecurityService(config, Clock(), Counters(), ADDR_A, lambda p, d: None)
+        self.assertTrue(service.policy.is_public(IPv4Address("10.128.0.9")))
+        self.assertFalse(service.policy.is_public(IPv4Address(IP_B)))
+        self.assertTrue(service.policy.is_secured(IPv4Address(IP_B)))
+        outside = NodeConfig(node=NodeSection(state_dir=self.mktemp()),
+                             ca=NodeCaSection(url="https://ca.example.org"))
+        service = SecurityService(outside, Clock(), Counters(), ADDR_A, lambda p, d: None)
+        self.assertEqual(service.policy.public_nodes, ())
+
+
 class GateTests(SynchronousTestCase):
     def test_secured_both_ways(self) -> None:
         """The first packet waits for the handshake, then arrives; nothing travels in clear."""

@@ -15,6 +15,7 @@ datagrams to put on the wire go to the injected C{transmit(peer, datagram)}.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -94,6 +95,16 @@ def crl_url(config: NodeConfig) -> str:
     return ""
 
 
+def ca_virtual_ip(config: NodeConfig) -> ipaddress.IPv4Address | None:
+    """The CA's address when C{[ca] url} names a virtual IP literally, else None."""
+    host = urlsplit(config.ca.url).hostname if config.ca.url else None
+    try:
+        ip = ipaddress.IPv4Address(host or "")
+    except ValueError:
+        return None
+    return ip if ip in config.network.network else None
+
+
 def http_fetch(reactor: Any, ca_pem: bytes | None, timeout: float = 30.0) -> Fetch:
     """A C{Fetch} over twisted.web (HTTPS verified against the WOW's CA)."""
     from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -156,6 +167,12 @@ class SecurityService(Service):
         self._fetch = fetch
         sec = config.security
         self.policy = Policy.from_config(sec, config.network)
+        ca_ip = ca_virtual_ip(config)
+        if ca_ip is not None and sec.enabled and not self.policy.is_public(ca_ip):
+            # Enrolment runs over the virtual network, before a certificate
+            # exists: the CA's virtual IP is reachable in clear (EST is TLS).
+            self.policy = Policy([str(n) for n in self.policy.secure_subnets],
+                                 [*sec.public_nodes, str(ca_ip)], sec.enabled)
         self.params = ChannelParams(
             rekey_interval=float(sec.rekey_interval),
             rekey_bytes=sec.rekey_bytes,

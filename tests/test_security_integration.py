@@ -76,8 +76,8 @@ def ethernet_frames(pcap: bytes, src: str, dst: str) -> list[bytes]:
         incl = struct.unpack(endian + "IIII", pcap[offset:offset + 16])[2]
         frame = pcap[offset + 16:offset + 16 + incl]
         offset += 16 + incl
-        if frame[12:14] == b"\x08\x00" and frame[23] == 17 and frame[26:30] == s \
-                and frame[30:34] == d:
+        if len(frame) >= 42 and frame[12:14] == b"\x08\x00" and frame[23] == 17 \
+                and frame[26:30] == s and frame[30:34] == d:
             out.append(frame)
     return out
 

@@ -195,3 +195,42 @@ class GateTests(SynchronousTestCase):
     def setUp(self) -> None:
         if GateTests._garbage_pair is None:
             GateTests._garbage_pair = Pair(self)
+
+
+class NodeWiringTests(SynchronousTestCase):
+    """The node puts the gate between router and overlay only with [security] on."""
+
+    def node(self, enabled: bool) -> Any:
+        from wow.node.service import NodeService
+
+        config = NodeConfig(node=NodeSection(state_dir=self.mktemp()),
+                            security=SecuritySection(enabled=enabled))
+        return NodeService(config, Clock())
+
+    def test_enabled(self) -> None:
+        node = self.node(True)
+        self.assertIsInstance(node.router.gate, SecureGate)
+        self.assertIs(node.router.gate.security, node.security)
+        children = list(node)
+        # the security service stops before the router (close_notify still goes out)
+        self.assertGreater(children.index(node.security), children.index(node.router))
+        self.assertIn("security", node.control.factory.handlers)
+
+    def test_peers_carry_sessions(self) -> None:
+        node = self.node(True)
+        link = "wow:" + "22" * 20
+        node.overlay.control_peers = lambda args: [
+            {"address": link, "endpoint": "198.18.0.3:4789", "kind": "near", "rtt_ms": 0.2,
+             "age_s": 3.0}]
+        node.security.peers = lambda args=None: [
+            {"peer": "22" * 20, "secured": True, "cipher": "C", "serial": "ab", "peer_ip": IP_B},
+            {"peer": "33" * 20, "secured": True, "cipher": "C", "serial": "cd",
+             "peer_ip": "10.128.0.4"}]
+        peers = node._peers({})
+        self.assertEqual([(p["address"], p["secured"], p["serial"], p["kind"]) for p in peers],
+                         [(link, True, "ab", "near"), ("wow:" + "33" * 20, True, "cd", "routed")])
+
+    def test_disabled(self) -> None:
+        node = self.node(False)
+        self.assertIsNone(node.router.gate)
+        self.assertIsNone(node.security)

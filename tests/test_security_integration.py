@@ -143,7 +143,8 @@ class SecurityIntegrationTests(SynchronousTestCase):
         # An unenrolled node reaches the public node, not a private one.
         self.eventually_ping(u, pub.ip)
         self.assertFalse(self.ping(u, a.ip, 2))
-        self.assertGreater(self.count(u, "security_packets_dropped", reason="not-enrolled"), 0)
+        lab.wait_until(lambda: self.count(u, "security_packets_dropped", reason="not-enrolled")
+                       > 0, timeout=10, what="u's packets to a dropped as not-enrolled")
         self.assertEqual(u.ctl("status")["security"]["certificate"],
                          "not enrolled (host.pem is missing)")
 

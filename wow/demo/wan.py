@@ -103,6 +103,8 @@ class DemoWan:
         self.ca: subprocess.Popen[bytes] | None = None
         #: Seconds between CRL fetches ([security] crl_refresh).
         self.crl_refresh = 300
+        #: Appended to every node's configuration (tests: e.g. "[tap]\noffload = true").
+        self.extra_config = ""
 
     # -- building -----------------------------------------------------------
 
@@ -130,7 +132,8 @@ class DemoWan:
         path = os.path.join(node.work, "wow-node.toml")
         with open(path, "w") as f:
             f.write(NODE_CONFIG.format(name=node.name, bootstrap=boot, ca=ca,
-                                       public=CA_ADDRESS, crl_refresh=self.crl_refresh))
+                                       public=CA_ADDRESS, crl_refresh=self.crl_refresh)
+                    + self.extra_config)
         return path
 
     def start_node(self, node: DemoNode, ca_url: str = "") -> None:

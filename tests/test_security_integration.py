@@ -122,6 +122,13 @@ class SecurityIntegrationTests(SynchronousTestCase):
                 return p  # type: ignore[no-any-return]
         return None
 
+    def cli(self, node: DemoNode, command: str) -> str:
+        """The output of C{wow COMMAND} against C{node}'s control socket."""
+        out = subprocess.run([sys.executable, "-m", "wow", command, "--socket", node.socket],
+                             capture_output=True, text=True, timeout=30, cwd=HERE)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
     def certificate(self, node: DemoNode) -> dict[str, Any]:
         return node.ctl("security")["status"].get("certificate") or {}  # type: ignore
 
@@ -161,9 +168,10 @@ class SecurityIntegrationTests(SynchronousTestCase):
         self.assertRegex(peer["cipher"], r"ECDHE-ECDSA-(AES\d+-GCM|CHACHA20)")
         self.assertEqual(peer["peer_ip"], b.ip)
         self.assertEqual(a.ctl("status")["security"]["certificate"], "valid")
-        cli = subprocess.run([sys.executable, "-m", "wow", "peers", "--socket", a.socket],
-                             capture_output=True, text=True, timeout=30, cwd=HERE)
-        self.assertRegex(cli.stdout, r"SECURED")
+        self.assertRegex(self.cli(a, "peers"),
+                         rf"{node_address(b)} .* yes +ECDHE-ECDSA-\S+ +{peer['serial']}")
+        self.assertRegex(self.cli(a, "status"), r"certificate:? +valid")
+        self.assertRegex(self.cli(u, "status"), r"certificate:? +not enrolled")
 
         # TCP between a and b: offloaded super-frames, secured, on the fast path.
         fast = self.count(b, "overlay_fastpath_messages")

@@ -254,8 +254,10 @@ class CrlServiceTests(SynchronousTestCase):
         wire.pump()
         crl = make_crl(pki().ca, [pki().b.cert.serial_number], number=2)
         self.assertFalse(a.offer_crl(b"garbage"))
+        self.assertIn("malformed", a.status()["crl"]["error"] or "")
         self.assertTrue(a.offer_crl(crl))
-        self.assertFalse(a.offer_crl(crl))  # not newer
+        self.assertFalse(a.offer_crl(crl, "fetch"))  # not newer: normal, not an error
+        self.assertIsNone(a.status()["crl"]["error"])
         wire.pump()
         self.assertEqual(a.peers()[0]["secured"], False)
         b.send(ADDR_A, b"after")

@@ -363,7 +363,10 @@ class SecurityService(Service):
         try:
             update = self.crl.offer(der, self.reactor.seconds(), source)
         except CrlError as e:
-            self.crl_error = str(e)
+            if e.reason != "not-newer":  # the same CRL again is the normal case
+                self.crl_error = str(e)
+            elif source == "fetch":
+                self.crl_error = None
             return False
         self.crl_error = None
         if update.newly_revoked and self.manager is not None:

@@ -152,7 +152,7 @@ class NodeService(MultiService):
 
         self.security = security = SecurityService(
             config, reactor, self.counters, b"", transmit,
-            address_of=lambda: self.overlay.address)
+            address_of=lambda: self.overlay.address, size_of=self._overlay_size)
         security.setServiceParent(self)  # after the router: stops first, closes sessions
         router.gate = SecureGate(security, security.policy, router.send_data, self.counters)
         # CRLs pushed along the overlay's links (wow/security/crlflood.py).
@@ -163,6 +163,10 @@ class NodeService(MultiService):
         self.crl_flood.setServiceParent(self)
         security.register(self.control, self.status)
         self.control.register("peers", self._peers)
+
+    def _overlay_size(self) -> int:
+        node = self.overlay.node
+        return node.table.estimate_size() if node is not None else 1
 
     def _peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """C{wow peers}: the overlay's links, each with its secured session (if any)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,14 @@ CERT, KEY, CA, CRL = "host.pem", "host.key", "ca.pem", "crl.der"
 IDENTITY_CHECK_S = 5.0
 #: A CRL larger than this is refused before parsing.
 MAX_CRL_BYTES = 4 * 2**20
+#: The WOW as a whole fetches the CRL about this often: each node every
+#: (estimated overlay size x this) seconds, jittered, and the first node to
+#: see a newer CRL pushes it to everyone (wow/security/crlflood.py).  So a
+#: revocation reaches every node within seconds at a constant load on the CA
+#: (the chance that no node fetches within 30 s is about e^-10).
+CRL_SHARE_S = 3.0
+#: No node fetches more often than this.
+MIN_CRL_PERIOD_S = 10.0
 
 Transmit = Callable[[bytes, bytes], None]
 Fetch = Callable[[str], "Deferred[bytes]"]
@@ -153,6 +162,7 @@ class SecurityService(Service):
         transmit: Transmit,
         fetch: Fetch | None = None,
         address_of: Callable[[], int | None] | None = None,
+        size_of: Callable[[], int] | None = None,
     ) -> None:
         """
         @param address_of: the overlay address, known only once the overlay
@@ -160,6 +170,8 @@ class SecurityService(Service):
         """
         self.config = config
         self._address_of = address_of
+        #: The overlay's estimated number of nodes (sets the CRL fetch period).
+        self._size_of = size_of
         self.reactor = reactor
         self.counters = counters
         self.local_address = local_address
@@ -379,6 +391,22 @@ class SecurityService(Service):
                 self.log.failure("security: CRL listener failed")
         return True
 
+    def crl_period(self) -> float:
+        """
+        Seconds to the next regular CRL fetch: the overlay's size times
+        L{CRL_SHARE_S}, at least L{MIN_CRL_PERIOD_S}, jittered by ±50 %,
+        never more than C{crl_refresh}.
+        """
+        longest = float(self.config.security.crl_refresh)
+        size = 1
+        if self._size_of is not None:
+            try:
+                size = max(1, int(self._size_of()))
+            except Exception:
+                size = 1
+        period = max(MIN_CRL_PERIOD_S, CRL_SHARE_S * size) * random.uniform(0.5, 1.5)
+        return min(longest, max(MIN_CRL_PERIOD_S, period))
+
     def _schedule_crl(self, when: float) -> None:
         if not crl_url(self.config):
             return
@@ -403,6 +431,7 @@ class SecurityService(Service):
             self.counters.inc("security_crl_fetches", outcome="ok")
             self.offer_crl(der, "fetch")
             current = self.crl.current if self.crl is not None else None
+            self.crl_schedule.refresh = self.crl_period()
             self._schedule_crl(self.crl_schedule.fetched(self.reactor.seconds(), current))
 
         def failed(failure: Any) -> None:

@@ -123,7 +123,9 @@ class DhcpSection:
     #: "local": leases from a pool kept in the state dir; "dht": leases
     #: claimed in the overlay's DHT (decentralised); "relay": the host's DHCP
     #: messages relayed (RFC 3046) to one central DHCP server (C{server}).
-    mode: str = "local"
+    #: "dht" is the default: no node is special, and a lone first node (no
+    #: bootstrap) is the whole DHT, so it leases too.
+    mode: str = "dht"
     lease_time: int = 3600
     #: First and last address handed out; empty = the whole subnet.
     pool_start: str = ""

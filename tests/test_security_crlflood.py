@@ -35,9 +35,13 @@ class FakeOverlay:
         self.node.table = Table([])
         self.handlers: dict[int, Any] = {}
         self.sent: list[tuple[int, int]] = []
+        self.observers: list[Any] = []
 
     def register_handler(self, kind: int, handler: Any) -> None:
         self.handlers[kind] = handler
+
+    def add_observer(self, observer: Any) -> None:
+        self.observers.append(observer)
 
     def send_message(self, address: int, kind: int, msg_id: int, message: bytes) -> bool:
         self.sent.append((address, kind))
@@ -62,7 +66,8 @@ class FloodTests(SynchronousTestCase):
                     return False  # not newer / refused
                 mine.append(der)
                 return True
-            flood = CrlFlood(o, offer, Clock(), counters)
+            flood = CrlFlood(o, offer, Clock(), counters,
+                             lambda mine=adopted[o.me]: mine[-1] if mine else None)
             flood.startService()
             self.addCleanup(flood.stopService)
             self.floods.append(flood)
@@ -96,3 +101,19 @@ class FloodTests(SynchronousTestCase):
         overlays[1].handlers[CRL_KIND](Delivery(0, b"\x00"))
         overlays[1].handlers[CRL_KIND](Delivery(0, b"\x00\x00\x00\x01\x00\x05\x00\x02xx"))
         self.assertEqual(adopted[1], [])
+
+    def test_new_link_gets_the_crl_in_force(self) -> None:
+        """A node that joins after the flood learns the CRL from its first link."""
+        overlays, adopted, _ = self.ring(3)
+        adopted[0].append(b"CRL-5")
+        for observer in overlays[0].observers:
+            observer("up", type("Link", (), {"address": 2})())
+            observer("down", type("Link", (), {"address": 1})())
+        self.assertEqual(adopted[2], [b"CRL-5"])
+        self.assertEqual(adopted[1], [b"CRL-5"])  # passed on by 2, which adopted it
+        self.assertEqual(overlays[0].sent[0], (2, CRL_KIND))
+        # nothing in force: nothing sent
+        overlays[1].sent.clear()
+        self.floods[1].current = lambda: None
+        self.floods[1].link_changed("up", type("Link", (), {"address": 0})())
+        self.assertEqual(overlays[1].sent, [])

@@ -232,8 +232,13 @@ class CrlServiceTests(SynchronousTestCase):
         a = wire.services[ADDR_A]
         self.assertEqual(a.status()["crl"]["number"], 1)
         self.assertIn(7, a.revoked)
-        # Kept on disk for the next start.
+        # Kept on disk for the next start, and offered to each new overlay link.
         self.assertTrue(os.path.exists(os.path.join(a.config.node.state_dir, "crl.der")))
+        crl = a.current_crl()
+        assert crl is not None
+        self.assertFalse(wire.services[ADDR_B].offer_crl(crl))  # same CRL: not newer
+        self.assertEqual(wire.services[ADDR_B].counters.get(
+            "security_crl_refused", reason="not-newer", source="overlay"), 1)
 
     def test_fetch_period_scales_with_the_overlay(self) -> None:
         """Each node fetches every (size x 3 s), jittered; never more often than 10 s."""

@@ -158,7 +158,8 @@ class NodeService(MultiService):
         # CRLs pushed along the overlay's links (wow/security/crlflood.py).
         from wow.security.crlflood import CrlFlood
 
-        self.crl_flood = CrlFlood(self.overlay, security.offer_crl, reactor, self.counters)
+        self.crl_flood = CrlFlood(self.overlay, security.offer_crl, reactor, self.counters,
+                                  security.current_crl)
         security.crl_listeners.append(self.crl_flood.adopted)
         self.crl_flood.setServiceParent(self)
         security.register(self.control, self.status)

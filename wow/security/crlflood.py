@@ -10,6 +10,10 @@ the current one) and, only when it adopted it, passes it on to its own
 links but the sender.  A CRL that is not newer stops where it arrives, so
 the flood ends after one round over the ring and a forged or replayed old
 CRL goes no further than one hop.
+
+A node that joins later (or was cut off during a flood) gets the CRL in
+force from each new link: both ends send theirs when a link comes up, and
+the older one stops at once.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ class CrlFlood(Service):
     log = Logger()
 
     def __init__(self, overlay: Any, offer: Callable[[bytes, str], bool], reactor: Any,
-                 counters: Counters) -> None:
+                 counters: Counters, current: Callable[[], bytes | None] | None = None
+                 ) -> None:
         """
         @param offer: L{wow.security.service.SecurityService.offer_crl}: True
             when the CRL was verified and newer, and so adopted.
+        @param current: the DER of the CRL in force, sent to each new link.
         """
+        self.current = current
         self.overlay = overlay
         self.offer = offer
         self.reactor = reactor
@@ -56,6 +63,7 @@ class CrlFlood(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.overlay.register_handler(CRL_KIND, self.received)
+        self.overlay.add_observer(self.link_changed)
         self._sweep = LoopingCall(self.reassembler.expire)
         self._sweep.clock = self.reactor
         self._sweep.start(1.0, now=False)
@@ -80,6 +88,16 @@ class CrlFlood(Service):
                 sent += 1
         self.counters.inc("security_crl_pushed", sent)
         return sent
+
+    def link_changed(self, event: str, link: Any) -> None:
+        """A new link gets the CRL in force (a late joiner learns revocations)."""
+        if event != "up" or self.current is None:
+            return
+        der = self.current()
+        if der:
+            self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
+            if self.overlay.send_message(link.address, CRL_KIND, self._msg_id, der):
+                self.counters.inc("security_crl_pushed")
 
     def adopted(self, der: bytes, source: str) -> None:
         """A CRL this node adopted from its own fetch: start the flood."""

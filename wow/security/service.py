@@ -407,6 +407,16 @@ class SecurityService(Service):
         period = max(MIN_CRL_PERIOD_S, CRL_SHARE_S * size) * random.uniform(0.5, 1.5)
         return min(longest, max(MIN_CRL_PERIOD_S, period))
 
+    def current_crl(self) -> bytes | None:
+        """The DER of the CRL in force (as kept in the state directory), if any."""
+        if self.crl is None or self.crl.current is None:
+            return None
+        try:
+            with open(os.path.join(self.config.node.state_dir, CRL), "rb") as f:
+                return f.read(MAX_CRL_BYTES)
+        except OSError:
+            return None
+
     def _schedule_crl(self, when: float) -> None:
         if not crl_url(self.config):
             return

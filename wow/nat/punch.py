@@ -127,6 +127,15 @@ class Puncher:
         self._round = 0
         self._birthday_round = 0
 
+    def restart(self, now: float) -> None:
+        """A new direct phase now (the peer asked again, or a background round)."""
+        self.state = State.PUNCHING
+        self.endpoint = None
+        self.started = now
+        self._round = 0
+        self._birthday_round = 0
+        self._probed_ports.clear()
+
     # -- time -------------------------------------------------------------
 
     def next_wakeup(self) -> float | None:
@@ -152,11 +161,7 @@ class Puncher:
                 self._next_background = now + BACKGROUND_INTERVAL_S
         elif self._next_background is not None and now >= self._next_background:
             # a short new direct phase in the background
-            self.state = State.PUNCHING
-            self.started = now
-            self._round = 0
-            self._birthday_round = 0
-            self._probed_ports.clear()
+            self.restart(now)
             return self.poll(now)
         self.probes_sent += len(probes)
         return probes

@@ -32,6 +32,7 @@ from wow.overlay import wire as W
 from wow.overlay.handshake import HandshakeMixin
 from wow.overlay.identity import ICrypto
 from wow.overlay.link import OTHER, Answering, Dialing, Endpoint, Link
+from wow.overlay.punching import PunchMixin
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
 
@@ -105,7 +106,7 @@ class Timer:
         self.cancelled = True
 
 
-class OverlayNode(HandshakeMixin):
+class OverlayNode(HandshakeMixin, PunchMixin):
     log = Logger()
 
     def __init__(
@@ -121,6 +122,11 @@ class OverlayNode(HandshakeMixin):
     ) -> None:
         self.crypto = crypto
         self.me = crypto.address
+        #: Sends from extra local sockets (birthday probing): C{(data, endpoint,
+        #: socket index)}; None when the adapter cannot open more sockets.
+        self._send_sock: Callable[[bytes, Endpoint, int], None] | None = None
+        #: The local socket the datagram being handled arrived on.
+        self._rx_sock = 0
         self.params = p = params or OverlayParams()
         self.clock = clock
         self._send = send
@@ -171,6 +177,7 @@ class OverlayNode(HandshakeMixin):
         from wow.overlay.dht import Dht
 
         self.dht = Dht(self)
+        self._init_punching()
 
     # -- timers -----------------------------------------------------------
 
@@ -221,13 +228,17 @@ class OverlayNode(HandshakeMixin):
 
     # -- sending ------------------------------------------------------------
 
-    def _raw(self, data: bytes, endpoint: Endpoint) -> None:
+    def _raw(self, data: bytes, endpoint: Endpoint, sock: int = 0) -> None:
         self.sent += 1
-        self._send(data, endpoint)
+        if sock and self._send_sock is not None:
+            self._send_sock(data, endpoint, sock)
+        else:
+            self._send(data, endpoint)
 
     def _send_link(self, link: Link, kind: int, payload: bytes, now: float) -> None:
         link.last_sent = now
-        self._raw(W.pack(W.LOCAL, kind, 1, 0, self.me, link.address, payload), link.endpoint)
+        self._raw(W.pack(W.LOCAL, kind, 1, 0, self.me, link.address, payload), link.endpoint,
+                  link.sock)
 
     def send_to(self, dst: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
         """
@@ -256,10 +267,11 @@ class OverlayNode(HandshakeMixin):
     def _drop(self, reason: str, addr: Endpoint | None = None) -> None:
         self.counters.inc("overlay_dropped", reason=reason)
 
-    def datagram_received(self, data: bytes, addr: Endpoint, now: float) -> None:
-        """One UDP datagram from C{addr}.  Never raises."""
+    def datagram_received(self, data: bytes, addr: Endpoint, now: float, sock: int = 0) -> None:
+        """One UDP datagram from C{addr} (on local socket C{sock}).  Never raises."""
         if not self.running:
             return
+        self._rx_sock = sock
         link = self.by_endpoint.get(addr)
         if link is None:
             buckets = self.strangers
@@ -375,6 +387,7 @@ class OverlayNode(HandshakeMixin):
         self.counters.inc("overlay_links_up")
         if greet:
             self._send_neighbours(link, now)
+        self._punch_done(link.address, now)
         self._membership_changed(now)
         for obs in self.observers:
             obs("up", link)
@@ -394,9 +407,14 @@ class OverlayNode(HandshakeMixin):
         if reason != "timeout":
             self._closing[link.endpoint] = now + 5.0
         self.counters.inc("overlay_links_down", reason=reason)
+        self._relay_link_down(link)
         self._membership_changed(now)
         for obs in self.observers:
             obs("down", link)
+        if link.address in self.ondemand and self.running and reason != "shutdown":
+            # Traffic still flows to it (a NAT mapping changed, the peer
+            # moved): punch a new path at once; relayed meanwhile.
+            self.call_later(0.5, lambda t: self.request_link(link.address, t))
 
     def _membership_changed(self, now: float) -> None:
         near = frozenset(self.table.near_set())
@@ -505,10 +523,14 @@ class OverlayNode(HandshakeMixin):
         if op != "ctm":
             raise W.WireError("bad-payload", f"control op {op!r}")
         eps = m.get("e")
-        if not isinstance(eps, list) or not eps or len(eps) > 8:
+        if not isinstance(eps, list) or not eps or len(eps) > 16:
             raise W.WireError("bad-payload", "ctm endpoints")
         endpoint = W.as_endpoint(eps[0])
         if hdr.src == self.me:
+            return
+        if m.get("o") or m.get("p"):
+            # On-demand links: coordinated hole punching (wow.overlay.punching).
+            self._on_punch_ctm(hdr.src, m, now)
             return
         link = self.table.links.get(hdr.src)
         if link is not None:
@@ -517,19 +539,7 @@ class OverlayNode(HandshakeMixin):
                     self._send_neighbours(link, now)
                 return
             # Linked, but the peer speaks from elsewhere now: it restarted.
-        punched_back = bool(m.get("p"))
-        self.dial(endpoint, hdr.src, ctm=not punched_back, owned=punched_back,
-                  replace=link is not None)
-        if m.get("o") and not punched_back and link is None:
-            # An on-demand request (the requester is routable: it is in the
-            # ring and sends traffic): ask it to dial us at the same moment: each side's
-            # first packet opens its own NAT for the other's (hole punching
-            # through endpoint-independent mappings).
-            mine = self._endpoints()
-            if mine:
-                self.counters.inc("overlay_punch_back")
-                self.send_to(hdr.src, W.CTRL,
-                             W.encode({"op": "ctm", "e": mine, "j": False, "p": True}), W.EXACT)
+        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
 
     def _remember(self, address: int, endpoint: Endpoint) -> None:
         known = self.known
@@ -638,6 +648,11 @@ class OverlayNode(HandshakeMixin):
         table = self.table
         if mode == W.EXACT:
             nxt = None if hdr.dst == me else table.next_hop(hdr.dst)
+            if self.relay_via and nxt != hdr.dst and hdr.dst in self.relay_via:
+                # No direct path opened: one hop through a common neighbour.
+                relay = self.relay_via[hdr.dst]
+                if relay in table.links:
+                    nxt = relay
             if nxt is None and hdr.dst != me:
                 self._drop("no-route")
                 return False
@@ -661,7 +676,8 @@ class OverlayNode(HandshakeMixin):
         link.last_sent = now
         if came_from is not None:
             self.counters.inc("overlay_forwarded")
-        self._raw(W.rewrite_hop(data, hdr.ttl - 1, min(255, hdr.hops + 1)), link.endpoint)
+        self._raw(W.rewrite_hop(data, hdr.ttl - 1, min(255, hdr.hops + 1)), link.endpoint,
+                  link.sock)
         return True
 
     def _deliver(self, hdr: W.Header, payload: bytes, now: float) -> None:
@@ -695,6 +711,8 @@ class OverlayNode(HandshakeMixin):
             "uptime_s": round(now - self.started_at, 1),
             "version": self.version,
             "dht_keys": len(self.dht.store),
+            "relayed": len(self.relay_via),
+            "punching": len(self.punches),
         }
 
     def peers_info(self, now: float) -> list[dict[str, Any]]:
@@ -711,7 +729,7 @@ class OverlayNode(HandshakeMixin):
                 "owned": link.owned,
                 "path": "direct",
             })
-        return out
+        return out + self.relayed_info()
 
     def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
                            now: float) -> None:
@@ -753,23 +771,23 @@ class OverlayNode(HandshakeMixin):
     def has_link(self, address: int) -> bool:
         return address in self.table.links
 
-    def request_link(self, address: int) -> None:
+    def request_link(self, address: int, now: float | None = None) -> None:
         """
         Ask C{address} for a direct link: a "connect to me" routed exactly to
-        it, carrying our endpoints; it dials back, and we keep the link while
-        traffic flows (L{touch}).
+        it, carrying our candidates; both sides then punch
+        (L{wow.overlay.punching}), and we keep the link while traffic flows
+        (L{touch}).  Until a path opens, traffic is routed (then relayed).
         """
         if address == self.me:
             return
-        self.ondemand[address] = self.clock()
-        if address in self.table.links:
+        now = self.clock() if now is None else now
+        self.ondemand[address] = now
+        if address in self.table.links or address in self.punches:
             return
-        eps = self._endpoints()
-        if not eps:
+        asked = self._asked.get(address)
+        if asked is not None and now - asked < 2.0:
             return
-        self.counters.inc("overlay_ondemand_requests")
-        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False, "o": True}),
-                     W.EXACT)
+        self._ask(address, now)
 
     def touch(self, address: int) -> None:
         """Traffic to or from C{address}: keep its on-demand link."""

@@ -600,6 +600,10 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                     self.counters.inc("overlay_handshakes_failed")
                 else:
                     self._send_hello(d, now)
+                    if d.attempts == 2 and d.owned and d.expected is not None:
+                        # No answer at the endpoint a third node saw: punch
+                        # (with our local addresses, for a node behind our NAT).
+                        self.punch_ring_neighbour(d.expected, now)
         for a, ans in list(self.answering.items()):
             if now >= ans.expires:
                 del self.answering[a]
@@ -653,6 +657,12 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                 relay = self.relay_via[hdr.dst]
                 if relay in table.links:
                     nxt = relay
+            if nxt is None and hdr.dst != me and came_from is None and table.links:
+                # Greedy routing says we are closest, yet we are not the
+                # target: it sits in a hole of our ring view (a neighbour we
+                # cannot link to yet).  Our closest link knows better; one
+                # try only -- a node that got it from us routes greedily.
+                nxt = table.next_hop(hdr.dst, exclude=me, self_candidate=False)
             if nxt is None and hdr.dst != me:
                 self._drop("no-route")
                 return False

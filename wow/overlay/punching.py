@@ -119,6 +119,8 @@ class PunchMixin:
         #: Our local interface endpoints (the adapter fills it in).
         self.local_addresses: list[Endpoint] = []
         self._asked: dict[int, float] = {}
+        #: Ring neighbours a plain dial could not reach -> until when we punch.
+        self._ring_punch: dict[int, float] = {}
         self._punch_requests = TokenBuckets(0.5, 4.0, 1024)
         #: Seconds from request to direct link, per peer (benchmarks, tests).
         self.direct_after: dict[int, float] = {}
@@ -170,6 +172,22 @@ class PunchMixin:
         self._asked[address] = now
         self.counters.inc("overlay_ondemand_requests")
         self.send_to(address, W.CTRL, W.encode(facts), W.EXACT)
+
+    def punch_ring_neighbour(self, address: int, now: float) -> None:
+        """
+        A plain dial to a node the ring wants gets no answer: it is behind a
+        NAT that filters (or behind ours, without hairpinning).  Punch.
+        """
+        if address in self.table.links or address in self.punches:
+            return
+        asked = self._asked.get(address)
+        if asked is not None and now - asked < BACKGROUND_INTERVAL_S:
+            return
+        self._ring_punch[address] = now + DIRECT_PHASE_S + 4.0
+        if len(self._ring_punch) > 256:
+            self._ring_punch = {a: t for a, t in self._ring_punch.items() if t > now}
+        self.counters.inc("overlay_ring_punches")
+        self._ask(address, now)
 
     # -- receiving requests and answers ----------------------------------------
 
@@ -274,7 +292,8 @@ class PunchMixin:
         if not punch.requester and now > punch.expires:
             self._drop_punch(punch.peer, "expired")
             return
-        if punch.requester and punch.peer not in self.ondemand:
+        if punch.requester and punch.peer not in self.ondemand \
+                and self._ring_punch.get(punch.peer, 0.0) < now:
             self._drop_punch(punch.peer, "unwanted")
             return
         before = punch.puncher.state
@@ -328,6 +347,7 @@ class PunchMixin:
         punch = self.punches.pop(peer, None)
         self.relay_via.pop(peer, None)
         self._asked.pop(peer, None)
+        self._ring_punch.pop(peer, None)
         if punch is None:
             return
         if punch.timer is not None:

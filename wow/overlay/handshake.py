@@ -183,16 +183,19 @@ class HandshakeMixin:
         self._raw(reply, addr, sock)
 
     def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        dials = []
         d = self.dialing.get(addr)
-        if d is None:
-            punch = self.punch_for_reply(hdr.src, addr)
-            if punch is None:
-                self._drop("unexpected-reply", addr)
-                return
+        if d is not None:
+            dials.append(d)
+        punch = self.punch_for_reply(hdr.src, addr)
+        if punch is not None:
             # A punch probe got through: the same checks as any dial.
             sent_at, _ = punch.probed[addr]
-            d = Dialing(addr, punch.nonce, punch.peer, not punch.requester, punch.requester,
-                        1, 0.0, sent_at)
+            dials.append(Dialing(addr, punch.nonce, punch.peer, not punch.requester,
+                                 punch.requester, 1, 0.0, sent_at))
+        if not dials:
+            self._drop("unexpected-reply", addr)
+            return
         m = W.decode(payload)
         public = W.f_bytes(m, "k", max_size=512)
         nb = W.f_bytes(m, "n", 16)
@@ -202,15 +205,23 @@ class HandshakeMixin:
         peer = address_of(public)
         if peer != hdr.src or hdr.dst != self.me:
             raise W.WireError("bad-identity", "REPLY addresses")
+        d = dials[0]
         if d.expected is not None and peer != d.expected:
             self._cancel_dial(d, True, now)
             self._drop("target-mismatch", addr)
             return
-        if not self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
+        # A plain dial and a punch may both have probed this endpoint: the
+        # REPLY answers one of their nonces.
+        for d in dials:
+            if self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
+                break
+        else:
             self._drop("bad-signature", addr)
             return
-        self.reflexive = seen
-        self._observe_reflexive(peer, addr, seen, now)
+        if self._rx_sock == 0:
+            # (a birthday socket's mapping says nothing about the main one's)
+            self.reflexive = seen
+            self._observe_reflexive(peer, addr, seen, now)
         confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
                             "s": self.crypto.sign(confirm_transcript(d.nonce, nb, self.me, peer,
                                                                      addr))})
@@ -243,8 +254,9 @@ class HandshakeMixin:
             self._drop("bad-signature", addr)
             return
         del self.answering[hdr.src]
-        self.reflexive = seen
-        self._observe_reflexive(ans.address, addr, seen, now)
+        if ans.sock == 0:
+            self.reflexive = seen
+            self._observe_reflexive(ans.address, addr, seen, now)
         owned = ans.ctm or ans.address in self._adopt
         self._adopt.discard(ans.address)
         link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,

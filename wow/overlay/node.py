@@ -147,6 +147,8 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         #: Recently seen peers (address -> endpoint): fallback bootstraps
         #: for when every link and every configured bootstrap is gone.
         self.known: OrderedDict[int, Endpoint] = OrderedDict()
+        #: Address -> the linked node whose neighbour list named it last.
+        self.introducer: OrderedDict[int, int] = OrderedDict()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -465,6 +467,7 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             addr = A.from_bytes(e[0])
             if addr != me and addr not in links:
                 offered[addr] = e
+                self._introduced(addr, link.address)
                 if len(self.known) < 8:
                     self._remember(addr, W.as_endpoint(e[1:]))
         if not offered:
@@ -540,6 +543,14 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                 return
             # Linked, but the peer speaks from elsewhere now: it restarted.
         self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
+
+    def _introduced(self, address: int, by: int) -> None:
+        """C{by} listed C{address} among its links: a way there while we have none."""
+        intro = self.introducer
+        intro[address] = by
+        intro.move_to_end(address)
+        if len(intro) > 256:
+            intro.popitem(last=False)
 
     def _remember(self, address: int, endpoint: Endpoint) -> None:
         known = self.known
@@ -657,12 +668,18 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                 relay = self.relay_via[hdr.dst]
                 if relay in table.links:
                     nxt = relay
-            if nxt is None and hdr.dst != me and came_from is None and table.links:
+            if nxt is None and hdr.dst != me:
                 # Greedy routing says we are closest, yet we are not the
                 # target: it sits in a hole of our ring view (a neighbour we
-                # cannot link to yet).  Our closest link knows better; one
-                # try only -- a node that got it from us routes greedily.
-                nxt = table.next_hop(hdr.dst, exclude=me, self_candidate=False)
+                # cannot link to yet).  The node that told us about it holds
+                # a link to it; else our closest link may know better (one
+                # try, from the source only: no ping-pong).
+                via = self.introducer.get(hdr.dst)
+                if via is not None and via in table.links and (
+                        came_from is None or came_from.address != via):
+                    nxt = via
+                elif came_from is None and table.links:
+                    nxt = table.next_hop(hdr.dst, exclude=me, self_candidate=False)
             if nxt is None and hdr.dst != me:
                 self._drop("no-route")
                 return False

@@ -65,7 +65,7 @@ MAX_PUNCHES = 32
 #: Concurrent punches probing one IP address (a forged request names a victim).
 MAX_PER_TARGET_IP = 4
 #: Concurrent punches doing birthday probing (hundreds of datagrams each).
-MAX_BIRTHDAY = 2
+MAX_BIRTHDAY = 4
 #: Candidates we advertise / accept in one request.
 MAX_ADVERTISED = 12
 #: Linked addresses we list for relay selection.
@@ -252,8 +252,8 @@ class PunchMixin:
         if role is Role.BIRTHDAY_PROBER and not peer_can_open:
             role = Role.PLAIN
         if role is not Role.PLAIN and sum(
-                1 for p in self.punches.values() if p.puncher.role is not Role.PLAIN) \
-                >= MAX_BIRTHDAY:
+                1 for p in self.punches.values() if p.puncher.role is not Role.PLAIN
+                and p.puncher.state is State.PUNCHING) >= MAX_BIRTHDAY:
             role = Role.PLAIN
             self.counters.inc("overlay_punch_refused", reason="birthday-busy")
         punch = Punch(src, Puncher(cands, now, role, self.rng), self.rng.getrandbits(128)
@@ -292,8 +292,7 @@ class PunchMixin:
         if not punch.requester and now > punch.expires:
             self._drop_punch(punch.peer, "expired")
             return
-        if punch.requester and punch.peer not in self.ondemand \
-                and self._ring_punch.get(punch.peer, 0.0) < now:
+        if punch.requester and not self._punch_wanted(punch.peer, now):
             self._drop_punch(punch.peer, "unwanted")
             return
         before = punch.puncher.state
@@ -307,6 +306,11 @@ class PunchMixin:
         if punch.puncher.state is State.RELAYED and punch.relay is None:
             self._choose_relay(punch)
         self._schedule_punch(punch, now)
+
+    def _punch_wanted(self, peer: int, now: float) -> bool:
+        """Traffic flows to C{peer}, or the ring still wants it as a neighbour."""
+        return peer in self.ondemand or self._ring_punch.get(peer, 0.0) >= now \
+            or self.table.would_be_near(peer)
 
     def _send_probe(self, punch: Punch, probe: Probe, now: float) -> None:
         sock = probe.socket

@@ -107,6 +107,11 @@ class NatObserver:
                 return Mapping.DEPENDENT
         return verdict
 
+    def behind_nat(self, now: float) -> bool:
+        """Whether some peer saw us somewhere else than our own endpoint."""
+        return any(o.reflexive != o.local and o.reflexive not in self.local_endpoints
+                   for o in self.current(now))
+
     def reflexive_endpoints(self, now: float) -> list[Endpoint]:
         """Distinct reflexive endpoints, the most often seen first."""
         counts: dict[Endpoint, int] = {}

@@ -122,6 +122,8 @@ class PunchMixin:
         #: Ring neighbours a plain dial could not reach -> until when we punch.
         self._ring_punch: dict[int, float] = {}
         self._punch_requests = TokenBuckets(0.5, 4.0, 1024)
+        #: Birthday attempts per target IP address: one a minute, two at once.
+        self._birthday_budget = TokenBuckets(1 / 60, 2.0, 1024)
         #: Seconds from request to direct link, per peer (benchmarks, tests).
         self.direct_after: dict[int, float] = {}
 
@@ -193,8 +195,10 @@ class PunchMixin:
 
     def _refuse_punch(self, reason: str, src: int) -> None:
         self.counters.inc("overlay_punch_refused", reason=reason)
-        self.log.debug("punch request from {peer} refused: {reason}", peer=A.to_text(src),
-                       reason=reason)
+        count = self.counters.get("overlay_punch_refused", reason=reason)
+        if count in (1, 10, 100, 1000) or count % 10000 == 0:
+            self.log.info("punch request from {peer} refused: {reason} ({count} so far)",
+                          peer=A.to_text(src), reason=reason, count=int(count))
 
     def _on_punch_ctm(self, src: int, m: dict[str, Any], now: float) -> None:
         """A "connect to me" (C{o}) or its answer (C{p}) from C{src}, routed to us."""
@@ -226,6 +230,7 @@ class PunchMixin:
         punch = self.punches.get(src)
         if punch is not None:
             punch.peer_links = peer_links or punch.peer_links
+            punch.puncher.update_candidates(cands)
             if not answer:
                 punch.expires = now + RESPONDER_TTL_S
                 self._send_answer(src, now)
@@ -246,14 +251,18 @@ class PunchMixin:
             self._refuse_punch("too-many-to-one-ip", src)
             return
         mine = self.nat.mapping(now).value
+        if mine == "unknown" and not self.nat.behind_nat(now):
+            mine = "none"  # (never a birthday prober on a forged request's word)
         role = choose_role(mine, peer_mapping)
         if role is Role.BIRTHDAY_OPENER and self._send_sock is None:
             role = Role.PLAIN
         if role is Role.BIRTHDAY_PROBER and not peer_can_open:
             role = Role.PLAIN
-        if role is not Role.PLAIN and sum(
+        if role is not Role.PLAIN and (sum(
                 1 for p in self.punches.values() if p.puncher.role is not Role.PLAIN
-                and p.puncher.state is State.PUNCHING) >= MAX_BIRTHDAY:
+                and p.puncher.state is State.PUNCHING) >= MAX_BIRTHDAY
+                or not self._birthday_budget.allow(target_ip, now)):
+            # hundreds of probes at one address: a few at a time, and rarely
             role = Role.PLAIN
             self.counters.inc("overlay_punch_refused", reason="birthday-busy")
         punch = Punch(src, Puncher(cands, now, role, self.rng), self.rng.getrandbits(128)
@@ -297,6 +306,11 @@ class PunchMixin:
             return
         before = punch.puncher.state
         restarted = before is State.RELAYED
+        if restarted and not punch.requester:
+            # Only the requester retries in the background (it asks us again).
+            punch.timer = self.call_later(max(0.1, punch.expires - now),
+                                          lambda t: self._punch_due(punch, t))
+            return
         probes = punch.puncher.poll(now)
         if restarted and punch.puncher.state is State.PUNCHING and punch.requester:
             # A background round: ask the peer to punch at the same moment.

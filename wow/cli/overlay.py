@@ -38,10 +38,13 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if not peers:
         print("no links")
         return EXIT_OK
-    print(f"{'ADDRESS':<45} {'ENDPOINT':<22} {'KIND':<9} {'RTT ms':>8} {'AGE s':>8}")
+    print(f"{'ADDRESS':<45} {'ENDPOINT':<22} {'KIND':<9} {'RTT ms':>8} {'AGE s':>8}  PATH")
     for p in peers:
+        path = p.get("path", "direct")
+        if path == "relayed":
+            path = f"relayed via {p.get('via', '?')}"
         print(f"{p['address']:<45} {p['endpoint']:<22} {p['kind']:<9} "
-              f"{_fmt(p['rtt_ms']):>8} {p['age_s']:>8}")
+              f"{_fmt(p['rtt_ms']):>8} {_fmt(p['age_s']):>8}  {path}")
     return EXIT_OK
 
 
@@ -125,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_json_option(p)
         p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("peers", help="every overlay link: address, endpoint, kind, RTT")
+    p = subparsers.add_parser("peers", help="every overlay link: address, endpoint, kind, RTT, direct or relayed (via whom)")
     add_socket_option(p)
     add_json_option(p)
     p.set_defaults(func=cmd_peers)

@@ -755,6 +755,8 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                 "age_s": round(now - link.created, 1),
                 "owned": link.owned,
                 "path": "direct",
+                "punch_s": round(self.direct_after[link.address], 3)
+                if link.address in self.direct_after else None,
             })
         return out + self.relayed_info()
 

@@ -77,6 +77,7 @@ class NatMatrix:
         self.say = say or (lambda text: None)
         self.nodes: dict[tuple[str, int], MatrixNode] = {}
         self.boot: MatrixNode | None = None
+        self.internet: Internet | None = None
 
     def _start(self, name: str, kind: str, host: Host, bootstrap: str | None) -> MatrixNode:
         state = os.path.join(self.lab.workdir, name)
@@ -92,7 +93,7 @@ class NatMatrix:
         return node
 
     def build(self) -> None:
-        net = Internet(self.lab)
+        self.internet = net = Internet(self.lab)
         boot_host = net.add_public_host("boot")
         self.boot = self._start("boot", "none", boot_host, None)
         self.lab.wait_for_log(self.boot.proc, "overlay ready", timeout=30)

@@ -30,7 +30,7 @@ from wow.lab.wan import Host, Internet
 PORT = 4789
 CA_PORT = 8443
 #: How long the traffic test waits for each path to open before measuring.
-PATH_SETTLE_S = 30.0
+PATH_SETTLE_S = 5.0
 #: The virtual IP the CA's node asks its DHCP for.
 CA_ADDRESS = "10.128.0.2"
 STATE_FILE = "/run/wow-demo/state.json"

@@ -191,8 +191,8 @@ class HandshakeMixin:
         if punch is not None:
             # A punch probe got through: the same checks as any dial.
             sent_at, _ = punch.probed[addr]
-            dials.append(Dialing(addr, punch.nonce, punch.peer, not punch.requester,
-                                 punch.requester, 1, 0.0, sent_at))
+            dials.append(Dialing(addr, punch.nonce, punch.peer, not punch.owned,
+                                 punch.owned, 1, 0.0, sent_at))
         if not dials:
             self._drop("unexpected-reply", addr)
             return
@@ -273,7 +273,7 @@ class HandshakeMixin:
             if punch is not None and punch.nonce == nonce:
                 # The peer punches too and its HELLO wins: it will reach us.
                 self.counters.inc("overlay_punch_refused_by_peer", reason=reason[:32])
-                if reason == "simultaneous" and punch.requester:
+                if reason == "simultaneous" and punch.owned:
                     self._adopt.add(hdr.src)
                 return
             self._drop("unexpected-refuse", addr)

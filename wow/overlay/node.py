@@ -611,10 +611,11 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                     self.counters.inc("overlay_handshakes_failed")
                 else:
                     self._send_hello(d, now)
-                    if d.attempts == 2 and d.owned and d.expected is not None:
-                        # No answer at the endpoint a third node saw: punch
-                        # (with our local addresses, for a node behind our NAT).
-                        self.punch_ring_neighbour(d.expected, now)
+                    if d.attempts == 2 and d.expected is not None:
+                        # No answer at the endpoint a third node saw (or the
+                        # one a joining node gave): punch, with our local
+                        # addresses too (a node behind our own NAT).
+                        self.punch_ring_neighbour(d.expected, now, for_peer=not d.owned)
         for a, ans in list(self.answering.items()):
             if now >= ans.expires:
                 del self.answering[a]

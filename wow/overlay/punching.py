@@ -83,9 +83,11 @@ class Punch:
     peer: int
     puncher: Puncher
     nonce: bytes
-    #: We asked (the requester): we own the link and drive background retries.
+    #: We asked (the requester): we drive background retries.
     requester: bool
     started: float
+    #: We keep the link (only an owner trims); the other side owns it if not.
+    owned: bool = True
     peer_links: list[int] = field(default_factory=list)
     #: endpoint -> (when the last probe left, from which local socket)
     probed: dict[Endpoint, tuple[float, int]] = field(default_factory=dict)
@@ -119,6 +121,7 @@ class PunchMixin:
         #: Our local interface endpoints (the adapter fills it in).
         self.local_addresses: list[Endpoint] = []
         self._asked: dict[int, float] = {}
+        self._asked_for_peer: set[int] = set()
         #: Ring neighbours a plain dial could not reach -> until when we punch.
         self._ring_punch: dict[int, float] = {}
         self._punch_requests = TokenBuckets(0.5, 4.0, 1024)
@@ -166,16 +169,27 @@ class PunchMixin:
                 "b": self._send_sock is not None,
                 "n": [A.to_bytes(a) for a in links[:MAX_LINKS_LISTED]]}
 
-    def _ask(self, address: int, now: float) -> None:
-        """Send (or refresh) our "connect to me" request to C{address}."""
+    def _ask(self, address: int, now: float, for_peer: bool = False) -> None:
+        """
+        Send (or refresh) our "connect to me" request to C{address}.
+        C{for_peer}: the link is the peer's wish (it asked us to dial it, and
+        our dial got no answer): the peer will own it.
+        """
         facts = self._ctm_facts(now, "o")
         if not facts["e"]:
             return
+        if for_peer:
+            facts["w"] = True
+            self._asked_for_peer.add(address)
+        else:
+            self._asked_for_peer.discard(address)
+        if len(self._asked_for_peer) > 256:
+            self._asked_for_peer.clear()
         self._asked[address] = now
         self.counters.inc("overlay_ondemand_requests")
         self.send_to(address, W.CTRL, W.encode(facts), W.EXACT)
 
-    def punch_ring_neighbour(self, address: int, now: float) -> None:
+    def punch_ring_neighbour(self, address: int, now: float, for_peer: bool = False) -> None:
         """
         A plain dial to a node the ring wants gets no answer: it is behind a
         NAT that filters (or behind ours, without hairpinning).  Punch.
@@ -189,7 +203,7 @@ class PunchMixin:
         if len(self._ring_punch) > 256:
             self._ring_punch = {a: t for a, t in self._ring_punch.items() if t > now}
         self.counters.inc("overlay_ring_punches")
-        self._ask(address, now)
+        self._ask(address, now, for_peer)
 
     # -- receiving requests and answers ----------------------------------------
 
@@ -267,7 +281,8 @@ class PunchMixin:
             self.counters.inc("overlay_punch_refused", reason="birthday-busy")
         punch = Punch(src, Puncher(cands, now, role, self.rng), self.rng.getrandbits(128)
                       .to_bytes(16, "big"), requester=answer, started=now,
-                      peer_links=peer_links, expires=now + RESPONDER_TTL_S)
+                      peer_links=peer_links, expires=now + RESPONDER_TTL_S,
+                      owned=(src not in self._asked_for_peer) if answer else bool(m.get("w")))
         self.punches[src] = punch
         self.counters.inc("overlay_punches_started", role=role.value)
         if not answer:
@@ -333,7 +348,7 @@ class PunchMixin:
         punch.probed[probe.endpoint] = (now, sock)
         self.counters.inc("overlay_punch_probes")
         self._raw(W.pack(W.LOCAL, W.HELLO, 1, 0, self.me, punch.peer,
-                         self._hello_payload(punch.nonce, not punch.requester)),
+                         self._hello_payload(punch.nonce, not punch.owned)),
                   probe.endpoint, sock)
 
     def _probe_peer_reflexive(self, peer: int, addr: Endpoint, sock: int, now: float) -> bool:
@@ -365,6 +380,7 @@ class PunchMixin:
         punch = self.punches.pop(peer, None)
         self.relay_via.pop(peer, None)
         self._asked.pop(peer, None)
+        self._asked_for_peer.discard(peer)
         self._ring_punch.pop(peer, None)
         if punch is None:
             return

@@ -44,6 +44,8 @@ class HandshakeMixin:
     answering: dict[int, Answering]
     failed: dict[int, float]
     _adopt: set[int]
+    #: The answer a newer HELLO of the same peer replaced (its CONFIRM may come).
+    _answered_before: dict[int, Answering]
     reflexive: Endpoint | None
     clock: Callable[[], float]
 
@@ -178,6 +180,8 @@ class HandshakeMixin:
         reply = W.pack(W.LOCAL, W.REPLY, 1, 0, self.me, peer, W.encode(
             {"k": self.crypto.public, "n": nb, "i": self.incarnation,
              "o": W.endpoint_value(addr), "s": sig}))
+        if ans is not None and ans.expires > now:
+            self._answered_before[peer] = ans
         self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
                                          now + self.params.hello_retry * 10, now, sock)
         self._raw(reply, addr, sock)
@@ -237,23 +241,27 @@ class HandshakeMixin:
         self._link_up(link, now, greet=False)
 
     def _on_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        ans = self.answering.get(hdr.src)
-        if ans is None or ans.endpoint != addr:
-            self._drop("unexpected-confirm", addr)
-            return
         m = W.decode(payload)
         nb = W.f_bytes(m, "n", 16)
         seen = W.f_endpoint(m, "o")
         sig = W.f_bytes(m, "s", max_size=256)
-        if nb != ans.nb:
-            self._drop("unexpected-confirm", addr)
-            return
+        ans = self.answering.get(hdr.src)
+        if ans is None or ans.endpoint != addr or ans.nb != nb:
+            # Two handshakes of one peer crossed (a plain dial and a punch):
+            # its CONFIRM may answer the REPLY we sent first.  Refusing it
+            # left the link open at the peer's end only.
+            ans = self._answered_before.get(hdr.src)
+            if ans is None or ans.endpoint != addr or ans.nb != nb or ans.expires < now:
+                self._drop("unexpected-confirm", addr)
+                return
         if not self.crypto.verify(ans.public, sig,
                                   confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
-            del self.answering[hdr.src]
+            self.answering.pop(hdr.src, None)
+            self._answered_before.pop(hdr.src, None)
             self._drop("bad-signature", addr)
             return
-        del self.answering[hdr.src]
+        self.answering.pop(hdr.src, None)
+        self._answered_before.pop(hdr.src, None)
         if ans.sock == 0:
             self.reflexive = seen
             self._observe_reflexive(ans.address, addr, seen, now)

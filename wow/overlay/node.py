@@ -140,6 +140,7 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         self.dialing: dict[Endpoint, Dialing] = {}
         self.dialing_addr: dict[int, Endpoint] = {}
         self.answering: dict[int, Answering] = {}
+        self._answered_before: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
         #: Linked peers silent for longer than keepalive + probe.
@@ -384,6 +385,10 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             self._link_down(stale, "endpoint-reused", notify=False)
         self.table.add(link)
         self.by_endpoint[link.endpoint] = link
+        dialing = self.dialing_addr.get(link.address)
+        if dialing is not None and dialing in self.dialing:
+            # A plain dial still running would only replace this link.
+            self._cancel_dial(self.dialing[dialing], False, now)
         self._remember(link.address, link.endpoint)
         self.failed.pop(link.address, None)
         self.counters.inc("overlay_links_up")
@@ -619,6 +624,9 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         for a, ans in list(self.answering.items()):
             if now >= ans.expires:
                 del self.answering[a]
+        for a, ans in list(self._answered_before.items()):
+            if now >= ans.expires:
+                del self._answered_before[a]
         wanted = self.table.wanted() | self._ondemand_wanted(now)
         suspects = set()
         for link in list(self.table.links.values()):
@@ -664,8 +672,10 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         table = self.table
         if mode == W.EXACT:
             nxt = None if hdr.dst == me else table.next_hop(hdr.dst)
-            if self.relay_via and nxt != hdr.dst and hdr.dst in self.relay_via:
-                # No direct path opened: one hop through a common neighbour.
+            if self.relay_via and nxt != hdr.dst and came_from is None \
+                    and hdr.dst in self.relay_via:
+                # No direct path (yet): from the source, one hop through a
+                # common neighbour, which holds a link to the target.
                 relay = self.relay_via[hdr.dst]
                 if relay in table.links:
                     nxt = relay

@@ -74,6 +74,9 @@ MAX_LINKS_LISTED = 24
 RESPONDER_TTL_S = DIRECT_PHASE_S + 2 * BACKGROUND_INTERVAL_S
 #: A "p" answer is accepted this long after we sent the request.
 ANSWER_WINDOW_S = 10.0
+#: A request without an answer is repeated after this (then 2x, 3x...).
+ASK_RETRY_S = 0.5
+ASK_TRIES = 4
 
 
 @dataclass
@@ -122,6 +125,7 @@ class PunchMixin:
         self.local_addresses: list[Endpoint] = []
         self._asked: dict[int, float] = {}
         self._asked_for_peer: set[int] = set()
+        self._ask_tries: dict[int, int] = {}
         #: Ring neighbours a plain dial could not reach -> until when we punch.
         self._ring_punch: dict[int, float] = {}
         self._punch_requests = TokenBuckets(0.5, 4.0, 1024)
@@ -185,9 +189,29 @@ class PunchMixin:
             self._asked_for_peer.discard(address)
         if len(self._asked_for_peer) > 256:
             self._asked_for_peer.clear()
+        first = address not in self._asked or address not in self._ask_tries
+        if first:
+            self.log.info("asking {peer} for a direct link{why}", peer=A.to_text(address),
+                          why=" (its wish)" if for_peer else "")
         self._asked[address] = now
         self.counters.inc("overlay_ondemand_requests")
         self.send_to(address, W.CTRL, W.encode(facts), W.EXACT)
+        if first:
+            # Routed messages get lost while the ring forms: ask again until
+            # the answer comes (a repeated request only makes the peer answer).
+            self._ask_tries[address] = 1
+            self.call_later(ASK_RETRY_S, lambda t: self._ask_again(address, for_peer, t))
+
+    def _ask_again(self, address: int, for_peer: bool, now: float) -> None:
+        tries = self._ask_tries.get(address, ASK_TRIES)
+        if address in self.table.links or address in self.punches or tries >= ASK_TRIES:
+            self._ask_tries.pop(address, None)
+            return
+        self._ask_tries[address] = tries + 1
+        self.counters.inc("overlay_ondemand_requests_repeated")
+        self._ask(address, now, for_peer)
+        self.call_later(ASK_RETRY_S * (tries + 1),
+                        lambda t: self._ask_again(address, for_peer, t))
 
     def punch_ring_neighbour(self, address: int, now: float, for_peer: bool = False) -> None:
         """
@@ -218,7 +242,13 @@ class PunchMixin:
         """A "connect to me" (C{o}) or its answer (C{p}) from C{src}, routed to us."""
         answer = bool(m.get("p"))
         if src in self.table.links:
-            return  # linked already (the request crossed a link coming up)
+            # linked already (the request crossed a link coming up, or the
+            # peer lost a link we still hold: it will close ours when our
+            # traffic reaches it)
+            self.counters.inc("overlay_punch_ignored", reason="linked")
+            self.log.info("punch request from {peer} ignored: linked already",
+                          peer=A.to_text(src))
+            return
         if answer:
             asked = self._asked.get(src)
             if asked is None or now - asked > ANSWER_WINDOW_S:
@@ -285,6 +315,13 @@ class PunchMixin:
                       owned=(src not in self._asked_for_peer) if answer else bool(m.get("w")))
         self.punches[src] = punch
         self.counters.inc("overlay_punches_started", role=role.value)
+        self.log.info("punching to {peer} ({role}, {n} candidates, we are {mine}, it is "
+                      "{theirs})", peer=A.to_text(src), role=role.value,
+                      n=len(punch.puncher.candidates), mine=mine, theirs=peer_mapping)
+        # Until a direct path opens, traffic (and our answer) takes one hop
+        # through a common neighbour rather than a greedy path that may end
+        # in a hole of the ring.
+        self._choose_relay(punch)
         if not answer:
             self._send_answer(src, now)
         self._schedule_punch(punch, now)
@@ -370,7 +407,7 @@ class PunchMixin:
         punch.relay = relay
         self.relay_via[punch.peer] = relay
         self.counters.inc("overlay_relayed")
-        self.log.info("no direct path to {peer} yet: relayed through {relay}",
+        self.log.info("{peer} relayed through {relay} until a direct path opens",
                       peer=A.to_text(punch.peer), relay=A.to_text(relay))
 
     # -- outcomes -------------------------------------------------------------------
@@ -380,6 +417,7 @@ class PunchMixin:
         punch = self.punches.pop(peer, None)
         self.relay_via.pop(peer, None)
         self._asked.pop(peer, None)
+        self._ask_tries.pop(peer, None)
         self._asked_for_peer.discard(peer)
         self._ring_punch.pop(peer, None)
         if punch is None:
@@ -388,6 +426,8 @@ class PunchMixin:
             punch.timer.cancel()
         punch.puncher.succeeded(("0.0.0.0", 0), now)
         self.direct_after[peer] = now - punch.started
+        self.log.info("direct link to {peer} after {s:.3f} s of punching", peer=A.to_text(peer),
+                      s=now - punch.started)
         if len(self.direct_after) > 256:
             self.direct_after.pop(next(iter(self.direct_after)))
         self.counters.inc("overlay_punches_direct")
@@ -398,6 +438,7 @@ class PunchMixin:
         if punch is not None and punch.timer is not None:
             punch.timer.cancel()
         self.counters.inc("overlay_punches_ended", reason=reason)
+        self.log.info("punching to {peer} ended: {reason}", peer=A.to_text(peer), reason=reason)
 
     def _relay_link_down(self, link: Link) -> None:
         """A relay we used is gone: choose another one at the next round."""

@@ -32,6 +32,7 @@ from wow.overlay import wire as W
 from wow.overlay.handshake import HandshakeMixin
 from wow.overlay.identity import ICrypto
 from wow.overlay.link import OTHER, Answering, Dialing, Endpoint, Link
+from wow.nat.punch import State
 from wow.overlay.punching import PunchMixin
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
@@ -822,7 +823,15 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             return
         now = self.clock() if now is None else now
         self.ondemand[address] = now
-        if address in self.table.links or address in self.punches:
+        if address in self.table.links:
+            return
+        punch = self.punches.get(address)
+        if punch is not None:
+            if punch.puncher.state is State.RELAYED and now - punch.puncher.started > 2.0:
+                # Traffic wants it now: retry at once, not at the next round.
+                punch.puncher.restart(now)
+                self._ask(address, now)
+                self._schedule_punch(punch, now)
             return
         asked = self._asked.get(address)
         if asked is not None and now - asked < 2.0:

@@ -275,6 +275,17 @@ class PunchMixin:
         if punch is not None:
             punch.peer_links = peer_links or punch.peer_links
             punch.puncher.update_candidates(cands)
+            if punch.puncher.role is Role.PLAIN and punch.puncher.candidates \
+                    and (punch.puncher.state is State.RELAYED
+                         or now - punch.puncher.started < 0.5):
+                # Both sides may know their NATs better now than when this
+                # punch began (a ring punch right after start-up).
+                _, role = self._pick_role(peer_mapping, peer_can_open,
+                                          punch.puncher.candidates[0][0], now)
+                if role is not Role.PLAIN:
+                    self.log.info("punching to {peer}: now {role}", peer=A.to_text(src),
+                                  role=role.value)
+                    punch.puncher.role = role
             if not answer:
                 punch.expires = now + RESPONDER_TTL_S
                 self._send_answer(src, now)
@@ -294,21 +305,7 @@ class PunchMixin:
                 >= MAX_PER_TARGET_IP:
             self._refuse_punch("too-many-to-one-ip", src)
             return
-        mine = self.nat.mapping(now).value
-        if mine == "unknown" and not self.nat.behind_nat(now):
-            mine = "none"  # (never a birthday prober on a forged request's word)
-        role = choose_role(mine, peer_mapping)
-        if role is Role.BIRTHDAY_OPENER and self._send_sock is None:
-            role = Role.PLAIN
-        if role is Role.BIRTHDAY_PROBER and not peer_can_open:
-            role = Role.PLAIN
-        if role is not Role.PLAIN and (sum(
-                1 for p in self.punches.values() if p.puncher.role is not Role.PLAIN
-                and p.puncher.state is State.PUNCHING) >= MAX_BIRTHDAY
-                or not self._birthday_budget.allow(target_ip, now)):
-            # hundreds of probes at one address: a few at a time, and rarely
-            role = Role.PLAIN
-            self.counters.inc("overlay_punch_refused", reason="birthday-busy")
+        mine, role = self._pick_role(peer_mapping, peer_can_open, target_ip, now)
         punch = Punch(src, Puncher(cands, now, role, self.rng), self.rng.getrandbits(128)
                       .to_bytes(16, "big"), requester=answer, started=now,
                       peer_links=peer_links, expires=now + RESPONDER_TTL_S,
@@ -325,6 +322,25 @@ class PunchMixin:
         if not answer:
             self._send_answer(src, now)
         self._schedule_punch(punch, now)
+
+    def _pick_role(self, peer_mapping: str, peer_can_open: bool, target_ip: str, now: float
+                   ) -> tuple[str, Role]:
+        mine = self.nat.mapping(now).value
+        if mine == "unknown" and not self.nat.behind_nat(now):
+            mine = "none"  # (never a birthday prober on a forged request's word)
+        role = choose_role(mine, peer_mapping)
+        if role is Role.BIRTHDAY_OPENER and self._send_sock is None:
+            role = Role.PLAIN
+        if role is Role.BIRTHDAY_PROBER and not peer_can_open:
+            role = Role.PLAIN
+        if role is not Role.PLAIN and (sum(
+                1 for p in self.punches.values() if p.puncher.role is not Role.PLAIN
+                and p.puncher.state is State.PUNCHING) >= MAX_BIRTHDAY
+                or not self._birthday_budget.allow(target_ip, now)):
+            # hundreds of probes at one address: a few at a time, and rarely
+            role = Role.PLAIN
+            self.counters.inc("overlay_punch_refused", reason="birthday-busy")
+        return mine, role
 
     def _send_answer(self, src: int, now: float) -> None:
         facts = self._ctm_facts(now, "p")

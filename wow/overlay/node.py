@@ -38,6 +38,9 @@ from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
 
 Send = Callable[[bytes, Endpoint], None]
+#: Hops after which a message that fell into a hole of the ring view is
+#: dropped instead of tried at another neighbour (never back where it came from).
+HOLE_HOPS = 4
 
 
 @dataclass(frozen=True)
@@ -684,14 +687,15 @@ class OverlayNode(HandshakeMixin, PunchMixin):
                 # Greedy routing says we are closest, yet we are not the
                 # target: it sits in a hole of our ring view (a neighbour we
                 # cannot link to yet).  The node that told us about it holds
-                # a link to it; else our closest link may know better (one
-                # try, from the source only: no ping-pong).
+                # a link to it; else our closest other link may know better
+                # (early in the path only, never straight back).
                 via = self.introducer.get(hdr.dst)
                 if via is not None and via in table.links and (
                         came_from is None or came_from.address != via):
                     nxt = via
-                elif came_from is None and table.links:
-                    nxt = table.next_hop(hdr.dst, exclude=me, self_candidate=False)
+                elif table.links and hdr.hops < HOLE_HOPS:
+                    nxt = table.next_hop(hdr.dst, self_candidate=False,
+                                         exclude=came_from.address if came_from else me)
             if nxt is None and hdr.dst != me:
                 self._drop("no-route")
                 return False

@@ -74,7 +74,7 @@ def main() -> int:
     print(f"{'A':<16} {'B':<16} {'mode':<8} {'direct s':>9}  ping")
     for r in rows:
         ds = "-" if r["direct_s"] is None else f"{r['direct_s']:.3f}"
-        mode = r["mode"] + (" (ring)" if r.get("linked_before") else "")
+        mode = f"{r['mode']}{' (ring)' if r.get('linked_before') else ''}"
         print(f"{r['a']:<16} {r['b']:<16} {mode:<8} {ds:>9}  {'ok' if r['ping_ok'] else 'FAIL'}")
     print(f"median direct_s {out['median_direct_s']}; birthday pairs direct "
           f"{out['birthday_direct']}; problems: {out['problems'] or 'none'}")

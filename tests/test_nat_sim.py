@@ -114,7 +114,7 @@ class DemoRegressionTests(SynchronousTestCase):
             for name, node in nodes.items():
                 for key in nodes:
                     node.dht.get(key.encode()).addBoth(
-                        lambda r, k=(name, key): got.__setitem__(k, r))
+                        lambda r, k=(name, key), got=got: got.__setitem__(k, r))
                 net.poke(node)
             net.run_until(net.now + 15)
             bad = {k: v for k, v in got.items() if not isinstance(v, list) or len(v) != 1}

@@ -128,7 +128,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_json_option(p)
         p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("peers", help="every overlay link: address, endpoint, kind, RTT, direct or relayed (via whom)")
+    p = subparsers.add_parser(
+        "peers",
+        help="every overlay link: address, endpoint, kind, RTT, direct or relayed (via whom)")
     add_socket_option(p)
     add_json_option(p)
     p.set_defaults(func=cmd_peers)

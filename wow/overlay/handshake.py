@@ -60,6 +60,9 @@ class HandshakeMixin:
         def _probe_peer_reflexive(self, peer: int, addr: Endpoint, sock: int,
                                   now: float) -> bool: ...
 
+        def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
+                               now: float) -> None: ...
+
     def _drop(self, reason: str, addr: Endpoint | None = None) -> None:
         raise NotImplementedError
 

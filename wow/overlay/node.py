@@ -27,12 +27,12 @@ from twisted.logger import Logger
 
 from wow.metrics import Counters
 from wow.nat.behaviour import NatObserver
+from wow.nat.punch import State
 from wow.overlay import address as A
 from wow.overlay import wire as W
 from wow.overlay.handshake import HandshakeMixin
 from wow.overlay.identity import ICrypto
 from wow.overlay.link import OTHER, Answering, Dialing, Endpoint, Link
-from wow.nat.punch import State
 from wow.overlay.punching import PunchMixin
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable

@@ -269,7 +269,8 @@ class PunchMixin:
         if not isinstance(links, list) or len(links) > 32:
             raise W.WireError("bad-payload", "ctm links")
         peer_links = [A.from_bytes(x) for x in links if isinstance(x, bytes) and len(x) == A.SIZE]
-        peer_mapping = m.get("m") if isinstance(m.get("m"), str) else "unknown"
+        raw_mapping = m.get("m")
+        peer_mapping = raw_mapping[:40] if isinstance(raw_mapping, str) else "unknown"
         peer_can_open = bool(m.get("b"))
         punch = self.punches.get(src)
         if punch is not None:

@@ -194,6 +194,8 @@ class PunchMixin:
             self.log.info("asking {peer} for a direct link{why}", peer=A.to_text(address),
                           why=" (its wish)" if for_peer else "")
         self._asked[address] = now
+        if len(self._asked) > 1024:
+            self._asked = {a: t for a, t in self._asked.items() if now - t < ANSWER_WINDOW_S}
         self.counters.inc("overlay_ondemand_requests")
         self.send_to(address, W.CTRL, W.encode(facts), W.EXACT)
         if first:
@@ -231,11 +233,13 @@ class PunchMixin:
 
     # -- receiving requests and answers ----------------------------------------
 
-    def _refuse_punch(self, reason: str, src: int) -> None:
-        self.counters.inc("overlay_punch_refused", reason=reason)
-        count = self.counters.get("overlay_punch_refused", reason=reason)
+    def _refuse_punch(self, reason: str, src: int, counter: str = "overlay_punch_refused"
+                      ) -> None:
+        """Count, and log the 1st, 10th, 100th... of each reason (no log flood)."""
+        self.counters.inc(counter, reason=reason)
+        count = self.counters.get(counter, reason=reason)
         if count in (1, 10, 100, 1000) or count % 10000 == 0:
-            self.log.info("punch request from {peer} refused: {reason} ({count} so far)",
+            self.log.info("punch request from {peer} not taken: {reason} ({count} so far)",
                           peer=A.to_text(src), reason=reason, count=int(count))
 
     def _on_punch_ctm(self, src: int, m: dict[str, Any], now: float) -> None:
@@ -245,9 +249,7 @@ class PunchMixin:
             # linked already (the request crossed a link coming up, or the
             # peer lost a link we still hold: it will close ours when our
             # traffic reaches it)
-            self.counters.inc("overlay_punch_ignored", reason="linked")
-            self.log.info("punch request from {peer} ignored: linked already",
-                          peer=A.to_text(src))
+            self._refuse_punch("linked", src, "overlay_punch_ignored")
             return
         if answer:
             asked = self._asked.get(src)

@@ -478,7 +478,12 @@ class PunchMixin:
 
     def relayed_info(self) -> list[dict[str, Any]]:
         """C{wow peers} rows for the peers we reach through a relay."""
-        return [{"address": A.to_text(peer), "endpoint": "-", "kind": "on-demand",
+        def kind(peer: int) -> str:
+            if peer in self.ondemand:
+                return "on-demand"
+            return "near" if self.table.would_be_near(peer) else "other"
+
+        return [{"address": A.to_text(peer), "endpoint": "-", "kind": kind(peer),
                  "rtt_ms": None, "age_s": None, "owned": True, "path": "relayed",
                  "via": A.to_text(relay)}
                 for peer, relay in sorted(self.relay_via.items())

@@ -306,3 +306,17 @@ class ForgedRequestTests(SynchronousTestCase):
         self.assertEqual(node.punches, {})
         self.assertEqual(net.counters.get("overlay_punch_refused", reason="no-usable-candidate"),
                          1)
+
+
+class MappingChangeTests(SynchronousTestCase):
+    def test_netcheck_reports_a_changed_mapping(self) -> None:
+        net = SimNetwork(seed=3)
+        node = net.add_node([])
+        peer_ep = ("10.9.0.1", 4789)
+        node._observe_reflexive(77, peer_ep, ("203.0.0.1", 4789), 1.0)
+        self.assertNotIn("mapping_changed", node.netcheck(2.0))
+        node._observe_reflexive(77, peer_ep, ("203.0.0.1", 5555), 3.0)
+        report = node.netcheck(4.0)
+        self.assertEqual(report["mapping_changed"]["old"], "203.0.0.1:4789")
+        self.assertEqual(report["mapping_changed"]["new"], "203.0.0.1:5555")
+        self.assertEqual(net.counters.get("overlay_mapping_changes"), 1)

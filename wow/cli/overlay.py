@@ -80,6 +80,10 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
         print(f"  peer {o['peer'][:12]} at {o['destination']:<21} saw us as {o['seen_as']}"
               f" ({o['age_s']:g} s ago)")
     print(f"mapping             {report.get('mapping', 'unknown')}")
+    changed = report.get("mapping_changed")
+    if changed:
+        print(f"mapping changed     {changed['age_s']:g} s ago: {changed['old']} -> "
+              f"{changed['new']} (seen by {changed['peer'][:16]})")
     print(f"reachable directly  {report.get('reachable_directly', 'unknown')}: "
           f"{report.get('explanation', '')}")
     return EXIT_OK

@@ -784,6 +784,10 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         change = self.nat.observe(peer, destination, seen, local, now, authenticated=True)
         if change is not None:
             self.counters.inc("overlay_mapping_changes")
+            self.mapping_changed = (now, change)
+            self.log.info("our NAT mapping toward {peer} changed: {old} -> {new}",
+                          peer=A.to_text(peer), old=f"{change.old[0]}:{change.old[1]}",
+                          new=f"{change.new[0]}:{change.new[1]}")
 
     def netcheck(self, now: float) -> dict[str, Any]:
         """What C{wow netcheck} shows: endpoints, NAT mapping, direct reachability."""
@@ -803,6 +807,12 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         else:
             reachable, why = "unknown", (
                 "fewer than two peers at different addresses have seen us yet")
+        changed = getattr(self, "mapping_changed", None)
+        if changed is not None:
+            at, change = changed
+            report["mapping_changed"] = {
+                "peer": A.to_text(change.peer), "old": f"{change.old[0]}:{change.old[1]}",
+                "new": f"{change.new[0]}:{change.new[1]}", "age_s": round(now - at, 1)}
         report.update({
             "address": A.to_text(self.me),
             "reflexive_endpoints": [f"{h}:{p}" for h, p in self.nat.reflexive_endpoints(now)],

@@ -106,6 +106,8 @@ class DemoRegressionTests(SynchronousTestCase):
                 link = nodes[a].table.links.get(nodes[b].me)
                 assert link is not None, f"seed {seed}: {a} and {b} not linked"
                 self.assertTrue(link.endpoint[0].startswith("192.168."), link.endpoint)
+                # (a neighbour on our LAN sees our local endpoint: not a NAT mapping)
+                self.assertEqual(nodes[a].nat.mapping(net.now).value, "endpoint-independent")
             for name, node in nodes.items():
                 node.dht.put(name.encode(), b"v", 600)
                 net.poke(node)

@@ -67,6 +67,13 @@ def main() -> int:
     birthday = [r for rs, _ in runs for r in rs if (r["a"], r["b"]) in BIRTHDAY]
     out["trials"] = args.trials
     out["birthday_direct"] = f"{sum(r['mode'] == 'direct' for r in birthday)}/{len(birthday)}"
+    out["birthday_direct_first_attempt"] = \
+        f"{sum(r['first_mode'] == 'direct' for r in birthday)}/{len(birthday)}"
+    every = [r for rs, _ in runs for r in rs]
+    out["direct_first_attempt"] = \
+        f"{sum(r['first_mode'] == 'direct' for r in every)}/{len(every)}"
+    times = sorted(float(r["direct_s"]) for r in every if r["direct_s"] is not None)  # type: ignore[arg-type]
+    out["median_direct_s_all_trials"] = times[len(times) // 2] if times else None
     out["problems"] = sorted({p for rs, _ in runs for p in verdict(rs)})
     if args.json:
         print(json.dumps(out, indent=2))

@@ -37,8 +37,9 @@ class NatMatrixTests(SynchronousTestCase):
         times = sorted(r["direct_s"] for r in rows if r["direct_s"] is not None)
         self.assertLessEqual(times[len(times) // 2], 2.0)
 
-        # Every router restarts: conntrack and the cone maps are gone.
-        a, b = m.nodes["port-restricted", 0], m.nodes["full-cone", 1]
+        # Every router restarts: conntrack and the cone maps are gone.  The
+        # full cone - port-restricted pair asked for its link above.
+        a, b = m.nodes["full-cone", 0], m.nodes["port-restricted", 1]
         assert m.internet is not None
         m.internet.flush_nat_state()
         flushed = time.monotonic()

@@ -322,3 +322,24 @@ class MappingChangeTests(SynchronousTestCase):
         self.assertEqual(report["mapping_changed"]["old"], "203.0.0.1:4789")
         self.assertEqual(report["mapping_changed"]["new"], "203.0.0.1:5555")
         self.assertEqual(net.counters.get("overlay_mapping_changes"), 1)
+
+
+class BirthdayBoundTests(SynchronousTestCase):
+    def test_birthday_retries_are_bounded(self) -> None:
+        """A pair that birthday probing cannot open falls back to plain rounds."""
+        net, boot = backbone(seed=9)
+        sym = site(net, "symmetric", boot)
+        other = site(net, "port-restricted", boot)
+        net.run_until(net.now + 1)
+        # the port-restricted router turns symmetric too: nothing can open the pair
+        nat = net.realm[net.endpoint(other)[0]]
+        other.request_link(sym.me)
+        net.poke(other)
+        nat.kind = "symmetric"
+        net.run_until(net.now + 120)
+        self.assertNotIn(sym.me, other.table.links)
+        self.assertGreaterEqual(
+            net.counters.get("overlay_punch_refused", reason="birthday-retries"), 1)
+        punch = other.punches.get(sym.me) or sym.punches.get(other.me)
+        assert punch is not None
+        self.assertEqual(punch.puncher.role.value, "plain")

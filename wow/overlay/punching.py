@@ -74,6 +74,10 @@ MAX_LINKS_LISTED = 24
 RESPONDER_TTL_S = DIRECT_PHASE_S + 2 * BACKGROUND_INTERVAL_S
 #: A "p" answer is accepted this long after we sent the request.
 ANSWER_WINDOW_S = 10.0
+#: Background rounds that may repeat birthday probing toward one peer (it
+#: opens on the first attempt 95-98 % of the time; a pair that failed twice
+#: is probably not what its mappings claim).
+MAX_BIRTHDAY_RETRIES = 2
 #: A request without an answer is repeated after this (then 2x, 3x...).
 ASK_RETRY_S = 0.5
 ASK_TRIES = 4
@@ -97,6 +101,8 @@ class Punch:
     relay: int | None = None
     expires: float = 0.0
     timer: Timer | None = None
+    #: Background rounds that probed birthday-style (bounded).
+    birthday_retries: int = 0
 
 
 class PunchMixin:
@@ -279,6 +285,7 @@ class PunchMixin:
             punch.peer_links = peer_links or punch.peer_links
             punch.puncher.update_candidates(cands)
             if punch.puncher.role is Role.PLAIN and punch.puncher.candidates \
+                    and punch.birthday_retries <= MAX_BIRTHDAY_RETRIES \
                     and (punch.puncher.state is State.RELAYED
                          or now - punch.puncher.started < 0.5):
                 # Both sides may know their NATs better now than when this
@@ -382,6 +389,11 @@ class PunchMixin:
             punch.timer = self.call_later(max(0.1, punch.expires - now),
                                           lambda t: self._punch_due(punch, t))
             return
+        if restarted and punch.puncher.role is not Role.PLAIN:
+            punch.birthday_retries += 1
+            if punch.birthday_retries > MAX_BIRTHDAY_RETRIES:
+                punch.puncher.role = Role.PLAIN
+                self.counters.inc("overlay_punch_refused", reason="birthday-retries")
         probes = punch.puncher.poll(now)
         if restarted and punch.puncher.state is State.PUNCHING and punch.requester:
             # A background round: ask the peer to punch at the same moment.

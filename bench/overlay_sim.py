@@ -56,6 +56,32 @@ def route_probes(net: SimNetwork, count: int, first_id: int) -> tuple[float, lis
     return len(hops) / count, hops
 
 
+NAT_KINDS = ("full-cone", "restricted-cone", "port-restricted", "symmetric", "double")
+
+
+def punch_pairs(net: SimNetwork, natted: list[Any], count: int) -> dict[str, Any]:
+    """Random pairs of NATed nodes ask for direct links: how many get one, how fast."""
+    modes = {"direct": 0, "relayed": 0, "routed": 0}
+    times = []
+    for _ in range(count):
+        (ka, a), (kb, b) = net.rng.sample(natted, 2)
+        if b.me in a.table.links:
+            continue
+        a.request_link(b.me)
+        net.poke(a)
+        net.run_until(net.now + 6)
+        if b.me in a.table.links:
+            modes["direct"] += 1
+            if b.me in a.direct_after:
+                times.append(a.direct_after[b.me])
+        else:
+            modes["relayed" if b.me in a.relay_via else "routed"] += 1
+    tried = sum(modes.values())
+    return {"punch_pairs": tried,
+            **{f"punch_{k}": round(v / max(1, tried), 3) for k, v in modes.items()},
+            "punch_median_s": round(statistics.median(times), 3) if times else None}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     lo, hi = (float(x) / 1000 for x in args.latency_ms.split(","))
@@ -64,9 +90,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.verbose else (lambda *a: None)
     first = net.add_node([])
     endpoints = [net.endpoint(first)]
+    natted: list[Any] = []
 
     def join_one() -> None:
         boot = [net.rng.choice(endpoints) for _ in range(2)]
+        if args.nat and net.rng.random() < args.nat:
+            # behind a router of a random kind (wow.nat.simnat); not a bootstrap
+            kind = net.rng.choice(NAT_KINDS)
+            if kind == "double":
+                nat = net.add_nat("port-restricted", parent=net.add_nat("port-restricted"))
+            else:
+                nat = net.add_nat(kind)
+            natted.append((kind, net.add_node(boot, nat=nat)))
+            return
         endpoints.append(net.endpoint(net.add_node(boot)))
 
     interval = 1.0 / args.join_rate
@@ -102,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     success, hops = route_probes(net, args.routes, 0)
     log(f"routes {success} wall={time.monotonic() - t0:.0f}s")
+    punching = punch_pairs(net, natted, args.pairs) if natted and args.pairs else {}
     result: dict[str, Any] = {
         "nodes": args.nodes,
         "seed": args.seed,
@@ -115,6 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "msgs_per_node_per_min_steady": round(msgs_per_node_min, 1),
         "route_success": success,
         "dht_put_success": len(put_ok) / max(1, args.keys),
+        **punching,
     }
 
     if args.churn > 0:
@@ -182,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=500)
     p.add_argument("--routes", type=int, default=2000)
     p.add_argument("--real-crypto", action="store_true", help="real ECDSA (slow)")
+    p.add_argument("--nat", type=float, default=0.0,
+                   help="fraction of joining nodes behind a NAT router of a random kind")
+    p.add_argument("--pairs", type=int, default=100,
+                   help="with --nat: NATed pairs that ask for a direct link")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
     result = run(args)

@@ -121,3 +121,19 @@ class NatKindsTests(TestCase):
         seen, heard = self.check(NatKind.DOUBLE)
         self.assertEqual(len(seen), 1)
         self.assertEqual(heard, self.PROBED)
+
+
+class SiteLanTests(TestCase):
+    timeout = 60
+
+    def test_hosts_of_one_site_reach_each_other(self) -> None:
+        """The router switches its LAN (even with br_netfilter loaded on the machine)."""
+        reason = skip_reason("nft", "ping")
+        if reason:
+            raise self.skipTest(reason)
+        lab = Lab(tag="L")
+        self.addCleanup(lab.teardown)
+        site = Internet(lab).add_site(NatKind.PORT_RESTRICTED, hosts=2)
+        a, b = site.hosts
+        out = lab.ns_run(a.ns, "ping", "-c", "1", "-W", "2", b.address, check=False)
+        self.assertEqual(out.returncode, 0, out.stdout.decode() + out.stderr.decode())

@@ -168,3 +168,15 @@ class RelayChoiceTests(SynchronousTestCase):
         self.assertEqual(choose_relay(mine, [3]), 3)
         self.assertEqual(choose_relay(mine, [2], exclude=[2]), None)
         self.assertIsNone(choose_relay(mine, [7, 8]))
+
+
+class SameLanTests(SynchronousTestCase):
+    def test_a_peer_on_our_lan_does_not_make_us_symmetric(self) -> None:
+        nat = NatObserver()
+        local = ("198.19.1.10", 4789)
+        nat.observe(1, ("198.18.0.10", 4789), ("198.18.0.101", 4789), local, 0.0)
+        nat.observe(2, ("198.18.0.11", 4789), ("198.18.0.101", 4789), local, 0.0)
+        nat.observe(3, ("198.19.1.11", 4789), local, local, 0.0)  # same site, no NAT between
+        self.assertEqual(nat.mapping(1.0), Mapping.ENDPOINT_INDEPENDENT)
+        self.assertEqual(nat.reflexive_endpoints(1.0), [("198.18.0.101", 4789)])
+        self.assertTrue(nat.behind_nat(1.0))

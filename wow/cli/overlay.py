@@ -40,14 +40,17 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return EXIT_OK
     secured = any("secured" in p for p in peers)  # a node with [security] on
     head = f"{'ADDRESS':<45} {'ENDPOINT':<22} {'KIND':<9} {'RTT ms':>8} {'AGE s':>8}"
-    print(head + (f"  {'SECURED':<7} {'CIPHER':<30} SERIAL" if secured else ""))
+    print(head + (f"  {'SECURED':<7} {'CIPHER':<30} {'SERIAL':<32}" if secured else "") + "  PATH")
     for p in peers:
         line = (f"{p['address']:<45} {p['endpoint']:<22} {p['kind']:<9} "
                 f"{_fmt(p['rtt_ms']):>8} {_fmt(p['age_s']):>8}")
         if secured:
             line += (f"  {'yes' if p.get('secured') else 'no':<7} {_fmt(p.get('cipher')):<30} "
-                     f"{_fmt(p.get('serial'))}")
-        print(line)
+                     f"{_fmt(p.get('serial')):<32}")
+        path = p.get("path", "direct")
+        if path == "relayed":
+            path = f"relayed via {p.get('via', '?')}"
+        print(f"{line}  {path}")
     return EXIT_OK
 
 
@@ -83,6 +86,10 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
         print(f"  peer {o['peer'][:12]} at {o['destination']:<21} saw us as {o['seen_as']}"
               f" ({o['age_s']:g} s ago)")
     print(f"mapping             {report.get('mapping', 'unknown')}")
+    changed = report.get("mapping_changed")
+    if changed:
+        print(f"mapping changed     {changed['age_s']:g} s ago: {changed['old']} -> "
+              f"{changed['new']} (seen by {changed['peer'][:16]})")
     print(f"reachable directly  {report.get('reachable_directly', 'unknown')}: "
           f"{report.get('explanation', '')}")
     return EXIT_OK
@@ -131,7 +138,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_json_option(p)
         p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("peers", help="every overlay link: address, endpoint, kind, RTT")
+    p = subparsers.add_parser(
+        "peers",
+        help="every overlay link: address, endpoint, kind, RTT, direct or relayed (via whom)")
     add_socket_option(p)
     add_json_option(p)
     p.set_defaults(func=cmd_peers)

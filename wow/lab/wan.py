@@ -103,7 +103,11 @@ class Internet:
             site.routers.append(inner)
         else:
             self._nat(outer, kind)
-        # the LAN: a bridge called "lan" inside the innermost router
+        # the LAN: a bridge called "lan" inside the innermost router.  A
+        # router switches its LAN without filtering it: with br_netfilter
+        # loaded (per namespace), bridged frames would otherwise meet the
+        # forward chain's drop policy and hosts of one site could not talk.
+        lab.ns_run(inner, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0", check=False)
         lab.ns_run(inner, "ip", "link", "add", "lan", "type", "bridge")
         lab.ns_run(inner, "ip", "link", "set", "lan", "up")
         lab.addr(inner, "lan", f"198.19.{index}.1/24")

@@ -86,11 +86,16 @@ class NatObserver:
     def current(self, now: float) -> list[Observation]:
         return [o for o in self._latest.values() if now - o.at <= OBSERVATION_TTL_S]
 
+    def _translated(self, now: float) -> list[Observation]:
+        """Observations through a NAT (a peer on our own LAN sees our local endpoint)."""
+        return [o for o in self.current(now)
+                if o.reflexive != o.local and o.reflexive not in self.local_endpoints]
+
     def mapping(self, now: float) -> Mapping:
-        obs = self.current(now)
-        if not obs:
+        if not self.current(now):
             return Mapping.UNKNOWN
-        if all(o.reflexive == o.local or o.reflexive in self.local_endpoints for o in obs):
+        obs = self._translated(now)
+        if not obs:
             return Mapping.NONE
         # compare what peers at different IP addresses saw from one local socket
         by_local: dict[Endpoint, dict[str, set[Endpoint]]] = {}
@@ -107,10 +112,16 @@ class NatObserver:
                 return Mapping.DEPENDENT
         return verdict
 
+    def behind_nat(self, now: float) -> bool:
+        """Whether some peer saw us somewhere else than our own endpoint."""
+        return bool(self._translated(now))
+
     def reflexive_endpoints(self, now: float) -> list[Endpoint]:
         """Distinct reflexive endpoints, the most often seen first."""
         counts: dict[Endpoint, int] = {}
-        for o in self.current(now):
+        # (behind a NAT, what peers on our LAN see is our local endpoint,
+        # already a candidate of its own)
+        for o in self._translated(now) or self.current(now):
             counts[o.reflexive] = counts.get(o.reflexive, 0) + 1
         return sorted(counts, key=lambda e: (-counts[e], e))
 

@@ -78,11 +78,17 @@ def usable(endpoint: Endpoint) -> bool:
 
 
 def choose_role(my_mapping: str, peer_mapping: str) -> Role:
-    """Birthday probing only where plain punching cannot open the pair."""
+    """
+    Birthday probing only where plain punching cannot open the pair: one
+    side's NAT maps per destination, the other's maps independently of it
+    (a node that is not behind a NAT never probes: the symmetric side
+    reaches it anyway, and a forged request cannot turn it into a prober).
+    """
     dependent = "address-and-port-dependent"
-    if my_mapping == dependent and peer_mapping != dependent:
+    behind_eim = ("endpoint-independent", "unknown")
+    if my_mapping == dependent and peer_mapping in behind_eim:
         return Role.BIRTHDAY_OPENER
-    if peer_mapping == dependent and my_mapping != dependent:
+    if peer_mapping == dependent and my_mapping in behind_eim:
         return Role.BIRTHDAY_PROBER
     return Role.PLAIN
 
@@ -127,6 +133,21 @@ class Puncher:
         self._round = 0
         self._birthday_round = 0
 
+    def update_candidates(self, candidates: list[Endpoint]) -> None:
+        """The peer told us its candidates again (they may have changed)."""
+        fresh = [c for c in candidates if usable(c)]
+        merged = fresh + [c for c in self.candidates if c not in fresh]
+        self.candidates = list(dict.fromkeys(merged))[:MAX_CANDIDATES]
+
+    def restart(self, now: float) -> None:
+        """A new direct phase now (the peer asked again, or a background round)."""
+        self.state = State.PUNCHING
+        self.endpoint = None
+        self.started = now
+        self._round = 0
+        self._birthday_round = 0
+        self._probed_ports.clear()
+
     # -- time -------------------------------------------------------------
 
     def next_wakeup(self) -> float | None:
@@ -152,11 +173,7 @@ class Puncher:
                 self._next_background = now + BACKGROUND_INTERVAL_S
         elif self._next_background is not None and now >= self._next_background:
             # a short new direct phase in the background
-            self.state = State.PUNCHING
-            self.started = now
-            self._round = 0
-            self._birthday_round = 0
-            self._probed_ports.clear()
+            self.restart(now)
             return self.poll(now)
         self.probes_sent += len(probes)
         return probes

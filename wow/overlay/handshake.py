@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wow.metrics import Counters
 from wow.overlay import wire as W
@@ -44,11 +44,24 @@ class HandshakeMixin:
     answering: dict[int, Answering]
     failed: dict[int, float]
     _adopt: set[int]
+    #: The answer a newer HELLO of the same peer replaced (its CONFIRM may come).
+    _answered_before: dict[int, Answering]
     reflexive: Endpoint | None
     clock: Callable[[], float]
 
-    def _raw(self, data: bytes, endpoint: Endpoint) -> None:
+    def _raw(self, data: bytes, endpoint: Endpoint, sock: int = 0) -> None:
         raise NotImplementedError
+
+    # Provided by PunchMixin.
+    _rx_sock: int
+    if TYPE_CHECKING:
+        def punch_for_reply(self, peer: int, addr: Endpoint) -> Any: ...
+
+        def _probe_peer_reflexive(self, peer: int, addr: Endpoint, sock: int,
+                                  now: float) -> bool: ...
+
+        def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
+                               now: float) -> None: ...
 
     def _drop(self, reason: str, addr: Endpoint | None = None) -> None:
         raise NotImplementedError
@@ -86,9 +99,11 @@ class HandshakeMixin:
         d.attempts += 1
         d.sent_at = now
         d.next_retry = now + self.params.hello_retry * d.attempts
-        payload = W.encode({"k": self.crypto.public, "n": d.nonce, "i": self.incarnation,
-                            "c": d.ctm})
+        payload = self._hello_payload(d.nonce, d.ctm)
         self._raw(W.pack(W.LOCAL, W.HELLO, 1, 0, self.me, d.expected or 0, payload), d.endpoint)
+
+    def _hello_payload(self, nonce: bytes, ctm: bool) -> bytes:
+        return W.encode({"k": self.crypto.public, "n": nonce, "i": self.incarnation, "c": ctm})
 
     def _cancel_dial(self, d: Dialing, failed: bool, now: float) -> None:
         self.dialing.pop(d.endpoint, None)
@@ -98,10 +113,10 @@ class HandshakeMixin:
             if failed:
                 self.failed[d.expected] = now
 
-    def _refuse(self, to: int, nonce: bytes, reason: str, addr: Endpoint) -> None:
+    def _refuse(self, to: int, nonce: bytes, reason: str, addr: Endpoint, sock: int = 0) -> None:
         self.counters.inc("overlay_handshakes_refused", reason=reason)
         self._raw(W.pack(W.LOCAL, W.REFUSE, 1, 0, self.me, to,
-                         W.encode({"n": nonce, "r": reason})), addr)
+                         W.encode({"n": nonce, "r": reason})), addr, sock)
 
     def _on_hello(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
         m = W.decode(payload)
@@ -112,6 +127,7 @@ class HandshakeMixin:
         peer = address_of(public)
         if peer != hdr.src:
             raise W.WireError("bad-identity", "HELLO source is not its key's address")
+        sock = self._rx_sock
         if peer == self.me:
             d = self.dialing.get(addr)
             if d is not None and d.nonce == na:
@@ -119,27 +135,45 @@ class HandshakeMixin:
             self._drop("self-dial", addr)
             return
         if hdr.dst not in (0, self.me):
-            self._refuse(peer, na, "target-mismatch", addr)
+            self._refuse(peer, na, "target-mismatch", addr, sock)
             return
         ans = self.answering.get(peer)
-        if ans is not None and ans.na == na and ans.endpoint == addr:
-            self._raw(ans.reply, addr)  # our REPLY was lost: resend it
+        if ans is not None and ans.na == na:
+            if ans.endpoint == addr:
+                self._raw(ans.reply, addr, ans.sock)  # our REPLY was lost: resend it
+            else:
+                # The same handshake reached us over a second path (a punch
+                # probes every candidate with one nonce): answering it too
+                # would replace the pending answer, and the CONFIRM of the
+                # first would be refused -- a link open at one end only.
+                self._drop("duplicate-hello", addr)
             return
         link = self.table.links.get(peer)
         if link is not None and link.hello_nonce == na:
             self._drop("duplicate-hello", addr)
             return
         mine = self.dialing_addr.get(peer)
-        if mine is not None:
+        punching = peer in getattr(self, "punches", ())
+        if mine is not None or punching:
             # Simultaneous open: the lower address's HELLO wins, so exactly
             # one link results.
             if peer < self.me:
-                d = self.dialing[mine]
-                if d.owned:
-                    self._adopt.add(peer)
-                self._cancel_dial(d, False, now)
+                if mine is not None:
+                    d = self.dialing[mine]
+                    if d.owned:
+                        self._adopt.add(peer)
+                    self._cancel_dial(d, False, now)
             else:
-                self._refuse(peer, na, "simultaneous", addr)
+                self._refuse(peer, na, "simultaneous", addr, sock)
+                # Our HELLOs may not reach the peer where we sent them (its
+                # NAT maps per destination): it reached us from C{addr}, so
+                # that is where its NAT lets us in.
+                d = self.dialing.get(mine) if mine is not None else None
+                if d is not None and d.endpoint != addr and sock == 0:
+                    self._cancel_dial(d, False, now)
+                    self.dial(addr, peer, d.ctm, d.owned)
+                elif punching:
+                    self._probe_peer_reflexive(peer, addr, sock, now)
                 return
         if len(self.answering) >= self.params.max_answering:
             self._drop("handshake-table-full", addr)
@@ -149,13 +183,24 @@ class HandshakeMixin:
         reply = W.pack(W.LOCAL, W.REPLY, 1, 0, self.me, peer, W.encode(
             {"k": self.crypto.public, "n": nb, "i": self.incarnation,
              "o": W.endpoint_value(addr), "s": sig}))
+        if ans is not None and ans.expires > now:
+            self._answered_before[peer] = ans
         self.answering[peer] = Answering(peer, addr, public, incarnation, na, nb, reply, ctm,
-                                         now + self.params.hello_retry * 10, now)
-        self._raw(reply, addr)
+                                         now + self.params.hello_retry * 10, now, sock)
+        self._raw(reply, addr, sock)
 
     def _on_reply(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
+        dials = []
         d = self.dialing.get(addr)
-        if d is None:
+        if d is not None:
+            dials.append(d)
+        punch = self.punch_for_reply(hdr.src, addr)
+        if punch is not None:
+            # A punch probe got through: the same checks as any dial.
+            sent_at, _ = punch.probed[addr]
+            dials.append(Dialing(addr, punch.nonce, punch.peer, not punch.owned,
+                                 punch.owned, 1, 0.0, sent_at))
+        if not dials:
             self._drop("unexpected-reply", addr)
             return
         m = W.decode(payload)
@@ -167,52 +212,66 @@ class HandshakeMixin:
         peer = address_of(public)
         if peer != hdr.src or hdr.dst != self.me:
             raise W.WireError("bad-identity", "REPLY addresses")
+        d = dials[0]
         if d.expected is not None and peer != d.expected:
             self._cancel_dial(d, True, now)
             self._drop("target-mismatch", addr)
             return
-        if not self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
+        # A plain dial and a punch may both have probed this endpoint: the
+        # REPLY answers one of their nonces.
+        for d in dials:
+            if self.crypto.verify(public, sig, reply_transcript(d.nonce, nb, self.me, peer, seen)):
+                break
+        else:
             self._drop("bad-signature", addr)
             return
-        self.reflexive = seen
-        self._observe_reflexive(peer, addr, seen, now)
+        if self._rx_sock == 0:
+            # (a birthday socket's mapping says nothing about the main one's)
+            self.reflexive = seen
+            self._observe_reflexive(peer, addr, seen, now)
         confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
                             "s": self.crypto.sign(confirm_transcript(d.nonce, nb, self.me, peer,
                                                                      addr))})
-        self._raw(W.pack(W.LOCAL, W.CONFIRM, 1, 0, self.me, peer, confirm), addr)
+        sock = self._rx_sock
+        self._raw(W.pack(W.LOCAL, W.CONFIRM, 1, 0, self.me, peer, confirm), addr, sock)
         self._cancel_dial(d, False, now)
         owned = d.owned or peer in self._adopt
         self._adopt.discard(peer)
         link = Link(peer, addr, public, incarnation, owned, now, now, now, hello_nonce=d.nonce,
-                    bootstrap=d.expected is None, rtt=now - d.sent_at)
+                    bootstrap=d.expected is None, rtt=now - d.sent_at, sock=sock)
         # The dialler speaks second: our CONFIRM may still be in flight, so
         # we wait for the peer's neighbour list before sending anything.
         self._link_up(link, now, greet=False)
 
     def _on_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
-        ans = self.answering.get(hdr.src)
-        if ans is None or ans.endpoint != addr:
-            self._drop("unexpected-confirm", addr)
-            return
         m = W.decode(payload)
         nb = W.f_bytes(m, "n", 16)
         seen = W.f_endpoint(m, "o")
         sig = W.f_bytes(m, "s", max_size=256)
-        if nb != ans.nb:
-            self._drop("unexpected-confirm", addr)
-            return
+        ans = self.answering.get(hdr.src)
+        if ans is None or ans.endpoint != addr or ans.nb != nb:
+            # Two handshakes of one peer crossed (a plain dial and a punch):
+            # its CONFIRM may answer the REPLY we sent first.  Refusing it
+            # left the link open at the peer's end only.
+            ans = self._answered_before.get(hdr.src)
+            if ans is None or ans.endpoint != addr or ans.nb != nb or ans.expires < now:
+                self._drop("unexpected-confirm", addr)
+                return
         if not self.crypto.verify(ans.public, sig,
                                   confirm_transcript(ans.na, nb, ans.address, self.me, seen)):
-            del self.answering[hdr.src]
+            self.answering.pop(hdr.src, None)
+            self._answered_before.pop(hdr.src, None)
             self._drop("bad-signature", addr)
             return
-        del self.answering[hdr.src]
-        self.reflexive = seen
-        self._observe_reflexive(ans.address, addr, seen, now)
+        self.answering.pop(hdr.src, None)
+        self._answered_before.pop(hdr.src, None)
+        if ans.sock == 0:
+            self.reflexive = seen
+            self._observe_reflexive(ans.address, addr, seen, now)
         owned = ans.ctm or ans.address in self._adopt
         self._adopt.discard(ans.address)
         link = Link(ans.address, addr, ans.public, ans.incarnation, owned, now, now, now,
-                    hello_nonce=ans.na, rtt=now - ans.sent_at)
+                    hello_nonce=ans.na, rtt=now - ans.sent_at, sock=ans.sock)
         self._link_up(link, now)
 
     def _on_refuse(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
@@ -221,6 +280,13 @@ class HandshakeMixin:
         reason = W.f_str(m, "r")
         d = self.dialing.get(addr)
         if d is None or d.nonce != nonce:
+            punch = self.punch_for_reply(hdr.src, addr)
+            if punch is not None and punch.nonce == nonce:
+                # The peer punches too and its HELLO wins: it will reach us.
+                self.counters.inc("overlay_punch_refused_by_peer", reason=reason[:32])
+                if reason == "simultaneous" and punch.owned:
+                    self._adopt.add(hdr.src)
+                return
             self._drop("unexpected-refuse", addr)
             return
         self._cancel_dial(d, reason != "simultaneous", now)

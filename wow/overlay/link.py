@@ -63,6 +63,9 @@ class Link:
     greeted: bool = False
     #: Whether this link was dialled to a bootstrap endpoint (join through it).
     bootstrap: bool = False
+    #: The local socket the link's NAT mapping belongs to (0: the main one;
+    #: others are birthday-probing sockets).
+    sock: int = 0
 
 
 @dataclass(slots=True)
@@ -95,3 +98,5 @@ class Answering:
     ctm: bool
     expires: float
     sent_at: float = 0.0
+    #: The local socket the HELLO arrived on (we answer from it).
+    sock: int = 0

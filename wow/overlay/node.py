@@ -27,15 +27,20 @@ from twisted.logger import Logger
 
 from wow.metrics import Counters
 from wow.nat.behaviour import NatObserver
+from wow.nat.punch import State
 from wow.overlay import address as A
 from wow.overlay import wire as W
 from wow.overlay.handshake import HandshakeMixin
 from wow.overlay.identity import ICrypto
 from wow.overlay.link import OTHER, Answering, Dialing, Endpoint, Link
+from wow.overlay.punching import PunchMixin
 from wow.overlay.ratelimit import TokenBuckets
 from wow.overlay.ring import RoutingTable
 
 Send = Callable[[bytes, Endpoint], None]
+#: Hops after which a message that fell into a hole of the ring view is
+#: dropped instead of tried at another neighbour (never back where it came from).
+HOLE_HOPS = 4
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class Timer:
         self.cancelled = True
 
 
-class OverlayNode(HandshakeMixin):
+class OverlayNode(HandshakeMixin, PunchMixin):
     log = Logger()
 
     def __init__(
@@ -126,6 +131,11 @@ class OverlayNode(HandshakeMixin):
     ) -> None:
         self.crypto = crypto
         self.me = crypto.address
+        #: Sends from extra local sockets (birthday probing): C{(data, endpoint,
+        #: socket index)}; None when the adapter cannot open more sockets.
+        self._send_sock: Callable[[bytes, Endpoint, int], None] | None = None
+        #: The local socket the datagram being handled arrived on.
+        self._rx_sock = 0
         self.params = p = params or OverlayParams()
         self.clock = clock
         self._send = send
@@ -139,6 +149,7 @@ class OverlayNode(HandshakeMixin):
         self.dialing: dict[Endpoint, Dialing] = {}
         self.dialing_addr: dict[int, Endpoint] = {}
         self.answering: dict[int, Answering] = {}
+        self._answered_before: dict[int, Answering] = {}
         self.failed: dict[int, float] = {}
         self._adopt: set[int] = set()
         #: Linked peers silent for longer than keepalive + probe.
@@ -146,6 +157,8 @@ class OverlayNode(HandshakeMixin):
         #: Recently seen peers (address -> endpoint): fallback bootstraps
         #: for when every link and every configured bootstrap is gone.
         self.known: OrderedDict[int, Endpoint] = OrderedDict()
+        #: Address -> the linked node whose neighbour list named it last.
+        self.introducer: OrderedDict[int, int] = OrderedDict()
         #: Endpoints of links closed in the last seconds -> until when.
         self._closing: dict[Endpoint, float] = {}
         self.handlers: dict[int, Callable[[Delivery], None]] = {}
@@ -176,6 +189,7 @@ class OverlayNode(HandshakeMixin):
         from wow.overlay.dht import Dht
 
         self.dht = Dht(self)
+        self._init_punching()
 
     # -- timers -----------------------------------------------------------
 
@@ -226,13 +240,17 @@ class OverlayNode(HandshakeMixin):
 
     # -- sending ------------------------------------------------------------
 
-    def _raw(self, data: bytes, endpoint: Endpoint) -> None:
+    def _raw(self, data: bytes, endpoint: Endpoint, sock: int = 0) -> None:
         self.sent += 1
-        self._send(data, endpoint)
+        if sock and self._send_sock is not None:
+            self._send_sock(data, endpoint, sock)
+        else:
+            self._send(data, endpoint)
 
     def _send_link(self, link: Link, kind: int, payload: bytes, now: float) -> None:
         link.last_sent = now
-        self._raw(W.pack(W.LOCAL, kind, 1, 0, self.me, link.address, payload), link.endpoint)
+        self._raw(W.pack(W.LOCAL, kind, 1, 0, self.me, link.address, payload), link.endpoint,
+                  link.sock)
 
     def send_to(self, dst: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
         """
@@ -261,10 +279,11 @@ class OverlayNode(HandshakeMixin):
     def _drop(self, reason: str, addr: Endpoint | None = None) -> None:
         self.counters.inc("overlay_dropped", reason=reason)
 
-    def datagram_received(self, data: bytes, addr: Endpoint, now: float) -> None:
-        """One UDP datagram from C{addr}.  Never raises."""
+    def datagram_received(self, data: bytes, addr: Endpoint, now: float, sock: int = 0) -> None:
+        """One UDP datagram from C{addr} (on local socket C{sock}).  Never raises."""
         if not self.running:
             return
+        self._rx_sock = sock
         link = self.by_endpoint.get(addr)
         if link is None:
             buckets = self.strangers
@@ -375,11 +394,16 @@ class OverlayNode(HandshakeMixin):
             self._link_down(stale, "endpoint-reused", notify=False)
         self.table.add(link)
         self.by_endpoint[link.endpoint] = link
+        dialing = self.dialing_addr.get(link.address)
+        if dialing is not None and dialing in self.dialing:
+            # A plain dial still running would only replace this link.
+            self._cancel_dial(self.dialing[dialing], False, now)
         self._remember(link.address, link.endpoint)
         self.failed.pop(link.address, None)
         self.counters.inc("overlay_links_up")
         if greet:
             self._send_neighbours(link, now)
+        self._punch_done(link.address, now)
         self._membership_changed(now)
         for obs in self.observers:
             obs("up", link)
@@ -399,9 +423,14 @@ class OverlayNode(HandshakeMixin):
         if reason != "timeout":
             self._closing[link.endpoint] = now + 5.0
         self.counters.inc("overlay_links_down", reason=reason)
+        self._relay_link_down(link)
         self._membership_changed(now)
         for obs in self.observers:
             obs("down", link)
+        if link.address in self.ondemand and self.running and reason != "shutdown":
+            # Traffic still flows to it (a NAT mapping changed, the peer
+            # moved): punch a new path at once; relayed meanwhile.
+            self.call_later(0.5, lambda t: self.request_link(link.address, t))
 
     def _membership_changed(self, now: float) -> None:
         near = frozenset(self.table.near_set())
@@ -452,6 +481,7 @@ class OverlayNode(HandshakeMixin):
             addr = A.from_bytes(e[0])
             if addr != me and addr not in links:
                 offered[addr] = e
+                self._introduced(addr, link.address)
                 if len(self.known) < 8:
                     self._remember(addr, W.as_endpoint(e[1:]))
         if not offered:
@@ -510,10 +540,14 @@ class OverlayNode(HandshakeMixin):
         if op != "ctm":
             raise W.WireError("bad-payload", f"control op {op!r}")
         eps = m.get("e")
-        if not isinstance(eps, list) or not eps or len(eps) > 8:
+        if not isinstance(eps, list) or not eps or len(eps) > 16:
             raise W.WireError("bad-payload", "ctm endpoints")
         endpoint = W.as_endpoint(eps[0])
         if hdr.src == self.me:
+            return
+        if m.get("o") or m.get("p"):
+            # On-demand links: coordinated hole punching (wow.overlay.punching).
+            self._on_punch_ctm(hdr.src, m, now)
             return
         link = self.table.links.get(hdr.src)
         if link is not None:
@@ -522,19 +556,15 @@ class OverlayNode(HandshakeMixin):
                     self._send_neighbours(link, now)
                 return
             # Linked, but the peer speaks from elsewhere now: it restarted.
-        punched_back = bool(m.get("p"))
-        self.dial(endpoint, hdr.src, ctm=not punched_back, owned=punched_back,
-                  replace=link is not None)
-        if m.get("o") and not punched_back and link is None:
-            # An on-demand request (the requester is routable: it is in the
-            # ring and sends traffic): ask it to dial us at the same moment: each side's
-            # first packet opens its own NAT for the other's (hole punching
-            # through endpoint-independent mappings).
-            mine = self._endpoints()
-            if mine:
-                self.counters.inc("overlay_punch_back")
-                self.send_to(hdr.src, W.CTRL,
-                             W.encode({"op": "ctm", "e": mine, "j": False, "p": True}), W.EXACT)
+        self.dial(endpoint, hdr.src, ctm=True, owned=False, replace=link is not None)
+
+    def _introduced(self, address: int, by: int) -> None:
+        """C{by} listed C{address} among its links: a way there while we have none."""
+        intro = self.introducer
+        intro[address] = by
+        intro.move_to_end(address)
+        if len(intro) > 256:
+            intro.popitem(last=False)
 
     def _remember(self, address: int, endpoint: Endpoint) -> None:
         known = self.known
@@ -595,9 +625,17 @@ class OverlayNode(HandshakeMixin):
                     self.counters.inc("overlay_handshakes_failed")
                 else:
                     self._send_hello(d, now)
+                    if d.attempts == 2 and d.expected is not None:
+                        # No answer at the endpoint a third node saw (or the
+                        # one a joining node gave): punch, with our local
+                        # addresses too (a node behind our own NAT).
+                        self.punch_ring_neighbour(d.expected, now, for_peer=not d.owned)
         for a, ans in list(self.answering.items()):
             if now >= ans.expires:
                 del self.answering[a]
+        for a, ans in list(self._answered_before.items()):
+            if now >= ans.expires:
+                del self._answered_before[a]
         wanted = self.table.wanted() | self._ondemand_wanted(now)
         suspects = set()
         for link in list(self.table.links.values()):
@@ -643,6 +681,26 @@ class OverlayNode(HandshakeMixin):
         table = self.table
         if mode == W.EXACT:
             nxt = None if hdr.dst == me else table.next_hop(hdr.dst)
+            if self.relay_via and nxt != hdr.dst and came_from is None \
+                    and hdr.dst in self.relay_via:
+                # No direct path (yet): from the source, one hop through a
+                # common neighbour, which holds a link to the target.
+                relay = self.relay_via[hdr.dst]
+                if relay in table.links:
+                    nxt = relay
+            if nxt is None and hdr.dst != me:
+                # Greedy routing says we are closest, yet we are not the
+                # target: it sits in a hole of our ring view (a neighbour we
+                # cannot link to yet).  The node that told us about it holds
+                # a link to it; else our closest other link may know better
+                # (early in the path only, never straight back).
+                via = self.introducer.get(hdr.dst)
+                if via is not None and via in table.links and (
+                        came_from is None or came_from.address != via):
+                    nxt = via
+                elif table.links and hdr.hops < HOLE_HOPS:
+                    nxt = table.next_hop(hdr.dst, self_candidate=False,
+                                         exclude=came_from.address if came_from else me)
             if nxt is None and hdr.dst != me:
                 self._drop("no-route")
                 return False
@@ -666,7 +724,8 @@ class OverlayNode(HandshakeMixin):
         link.last_sent = now
         if came_from is not None:
             self.counters.inc("overlay_forwarded")
-        self._raw(W.rewrite_hop(data, hdr.ttl - 1, min(255, hdr.hops + 1)), link.endpoint)
+        self._raw(W.rewrite_hop(data, hdr.ttl - 1, min(255, hdr.hops + 1)), link.endpoint,
+                  link.sock)
         return True
 
     def _deliver(self, hdr: W.Header, payload: bytes, now: float) -> None:
@@ -700,6 +759,8 @@ class OverlayNode(HandshakeMixin):
             "uptime_s": round(now - self.started_at, 1),
             "version": self.version,
             "dht_keys": len(self.dht.store),
+            "relayed": len(self.relay_via),
+            "punching": len(self.punches),
         }
 
     def peers_info(self, now: float) -> list[dict[str, Any]]:
@@ -715,8 +776,10 @@ class OverlayNode(HandshakeMixin):
                 "age_s": round(now - link.created, 1),
                 "owned": link.owned,
                 "path": "direct",
+                "punch_s": round(self.direct_after[link.address], 3)
+                if link.address in self.direct_after else None,
             })
-        return out
+        return out + self.relayed_info()
 
     def _observe_reflexive(self, peer: int, destination: Endpoint, seen: Endpoint,
                            now: float) -> None:
@@ -726,6 +789,10 @@ class OverlayNode(HandshakeMixin):
         change = self.nat.observe(peer, destination, seen, local, now, authenticated=True)
         if change is not None:
             self.counters.inc("overlay_mapping_changes")
+            self.mapping_changed = (now, change)
+            self.log.info("our NAT mapping toward {peer} changed: {old} -> {new}",
+                          peer=A.to_text(peer), old=f"{change.old[0]}:{change.old[1]}",
+                          new=f"{change.new[0]}:{change.new[1]}")
 
     def netcheck(self, now: float) -> dict[str, Any]:
         """What C{wow netcheck} shows: endpoints, NAT mapping, direct reachability."""
@@ -745,6 +812,12 @@ class OverlayNode(HandshakeMixin):
         else:
             reachable, why = "unknown", (
                 "fewer than two peers at different addresses have seen us yet")
+        changed = getattr(self, "mapping_changed", None)
+        if changed is not None:
+            at, change = changed
+            report["mapping_changed"] = {
+                "peer": A.to_text(change.peer), "old": f"{change.old[0]}:{change.old[1]}",
+                "new": f"{change.new[0]}:{change.new[1]}", "age_s": round(now - at, 1)}
         report.update({
             "address": A.to_text(self.me),
             "reflexive_endpoints": [f"{h}:{p}" for h, p in self.nat.reflexive_endpoints(now)],
@@ -758,23 +831,31 @@ class OverlayNode(HandshakeMixin):
     def has_link(self, address: int) -> bool:
         return address in self.table.links
 
-    def request_link(self, address: int) -> None:
+    def request_link(self, address: int, now: float | None = None) -> None:
         """
         Ask C{address} for a direct link: a "connect to me" routed exactly to
-        it, carrying our endpoints; it dials back, and we keep the link while
-        traffic flows (L{touch}).
+        it, carrying our candidates; both sides then punch
+        (L{wow.overlay.punching}), and we keep the link while traffic flows
+        (L{touch}).  Until a path opens, traffic is routed (then relayed).
         """
         if address == self.me:
             return
-        self.ondemand[address] = self.clock()
+        now = self.clock() if now is None else now
+        self.ondemand[address] = now
         if address in self.table.links:
             return
-        eps = self._endpoints()
-        if not eps:
+        punch = self.punches.get(address)
+        if punch is not None:
+            if punch.puncher.state is State.RELAYED and now - punch.puncher.started > 2.0:
+                # Traffic wants it now: retry at once, not at the next round.
+                punch.puncher.restart(now)
+                self._ask(address, now)
+                self._schedule_punch(punch, now)
             return
-        self.counters.inc("overlay_ondemand_requests")
-        self.send_to(address, W.CTRL, W.encode({"op": "ctm", "e": eps, "j": False, "o": True}),
-                     W.EXACT)
+        asked = self._asked.get(address)
+        if asked is not None and now - asked < 2.0:
+            return
+        self._ask(address, now)
 
     def touch(self, address: int) -> None:
         """Traffic to or from C{address}: keep its on-demand link."""

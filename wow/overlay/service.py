@@ -72,6 +72,26 @@ class _Protocol(DatagramProtocol):
         self.service.received(data, (addr[0], addr[1]))
 
 
+class _AuxProtocol(DatagramProtocol):
+    """An extra local socket (birthday probing): datagrams tagged with its index."""
+
+    def __init__(self, service: OverlayService, index: int) -> None:
+        self.service = service
+        self.index = index
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        node = self.service.node
+        if node is not None:
+            node.datagram_received(data, (addr[0], addr[1]), self.service.reactor.seconds(),
+                                   self.index)
+
+
+#: Extra sockets a node opens at most (birthday probing needs 256).
+MAX_AUX_SOCKETS = 256
+#: Seconds between re-reads of the interface addresses (punching candidates).
+LOCAL_ADDRESSES_REFRESH_S = 60.0
+
+
 class OverlayService(Service):
     """Runs one L{OverlayNode} on a UDP port under the reactor."""
 
@@ -96,6 +116,9 @@ class OverlayService(Service):
         self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
         self._io_reported = [0, 0, 0, 0]
         self.counters.add_refresher(self._refresh_metrics)
+        #: Extra UDP ports for birthday probing, by socket index.
+        self._aux: dict[int, Any] = {}
+        self._addresses_loop: LoopingCall | None = None
 
     # -- the API other parts use --------------------------------------------
 
@@ -121,7 +144,7 @@ class OverlayService(Service):
         if node is None:
             return False
         link = node.table.links.get(address)
-        if link is not None and self.gso is not None and kind == W.DATA:
+        if link is not None and self.gso is not None and kind == W.DATA and link.sock == 0:
             buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
             link.last_sent = self.reactor.seconds()
             count = -(-len(buf) // seg)
@@ -191,6 +214,7 @@ class OverlayService(Service):
         if interface:
             node.local_endpoint = (interface, local_port)
         node.local_for = self._local_for
+        node._send_sock = self._send_from
         for kind, handler in self._handlers.items():
             node.register_handler(kind, handler)
         for obs in self._observers:
@@ -203,6 +227,12 @@ class OverlayService(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK, now=False)
+        self._addresses_loop = LoopingCall(self._refresh_local_addresses)
+        self._addresses_loop.clock = self.reactor
+        self._addresses_loop.start(LOCAL_ADDRESSES_REFRESH_S, now=True)
+        if cfg.keepalive > 25:
+            self.log.warn("overlay.keepalive {k} s is longer than a NAT keeps an idle UDP "
+                          "mapping (30 s): links behind NATs may break", k=cfg.keepalive)
         self.log.info(
             "overlay ready: address {address} on UDP port {port}",
             address=A.to_text(node.me), port=local_port,
@@ -228,6 +258,11 @@ class OverlayService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._addresses_loop is not None and self._addresses_loop.running:
+            self._addresses_loop.stop()
+        for aux in self._aux.values():
+            aux.stopListening()
+        self._aux.clear()
         if self.node is not None:
             self.node.stop()
         if self.port is not None:
@@ -321,6 +356,62 @@ class OverlayService(Service):
                 self.log.warn("overlay send to {addr} failed: {e}", addr=addr, e=e)
             self.counters.inc("overlay_send_errors", reason=errno.errorcode.get(e.errno or 0, "?"))
 
+    def _send_from(self, data: bytes, addr: Endpoint, index: int) -> None:
+        """Send from extra socket C{index} (opened on first use; birthday probing)."""
+        port = self._aux.get(index)
+        if port is None:
+            if not 0 < index <= MAX_AUX_SOCKETS or self.port is None:
+                return
+            try:
+                port = self.reactor.listenUDP(0, _AuxProtocol(self, index),
+                                              interface=self.config.overlay.interface or "")
+            except CannotListenError:
+                self.counters.inc("overlay_send_errors", reason="aux-socket")
+                return
+            self._aux[index] = port
+        self._io[2] += 1
+        self._io[3] += len(data)
+        try:
+            port.write(data, addr)
+        except (OSError, MessageLengthError):
+            self.counters.inc("overlay_send_errors", reason="aux-socket")
+
+    def _refresh_local_addresses(self) -> None:
+        """Our interface addresses with the overlay port: candidates for peers behind our NAT."""
+        from wow.nat.interfaces import candidate_addresses, interface_addresses
+
+        if self.node is None or self.port is None:
+            return
+        port = self.port.getHost().port
+        tap = getattr(getattr(self.config, "tap", None), "name", "")
+        subnet = getattr(getattr(self.config, "network", None), "subnet", "")
+        try:
+            found = interface_addresses()
+        except OSError as e:
+            self.log.warn("cannot list interface addresses: {e}", e=e)
+            return
+        interface = self.config.overlay.interface
+        addresses = [interface] if interface else candidate_addresses(
+            found, [tap] if tap else [], [subnet] if subnet else [])
+        self.node.local_addresses = [(a, port) for a in addresses][:8]
+        self.node.nat.local_endpoints.update(self.node.local_addresses)
+
+    def control_connect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Ask for a direct link to an overlay address now (as IP traffic would)."""
+        from wow.control.server import CommandError
+
+        target = args.get("address")
+        if self.node is None:
+            raise CommandError("the overlay is not running")
+        try:
+            address = A.from_text(target) if isinstance(target, str) else None
+        except ValueError:
+            address = None
+        if address is None:
+            raise CommandError("connect takes an overlay address (wow:HEX)")
+        self.node.request_link(address)
+        return {"address": A.to_text(address), "linked": self.node.has_link(address)}
+
     def _log_link(self, event: str, link: Link) -> None:
         self.log.info("overlay link {event}: {peer} at {ip}:{port}", event=event,
                       peer=A.to_text(link.address), ip=link.endpoint[0], port=link.endpoint[1])
@@ -351,6 +442,7 @@ class OverlayService(Service):
         add_status_section(control, "overlay", self.control_status)
         control.register("peers", self.control_peers)
         control.register("netcheck", self.control_netcheck)
+        control.register("connect", self.control_connect)
         for op in ("get", "put", "create", "delete"):
             control.register(f"dht.{op}", lambda args, op=op: self.control_dht(op, args))
 

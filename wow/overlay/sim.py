@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from wow.metrics import Counters
+from wow.nat.simnat import SimNat
 from wow.overlay import address as A
 from wow.overlay import wire as W
 from wow.overlay.identity import ICrypto, NodeIdentity, SimulatedCrypto
@@ -50,6 +51,13 @@ class SimNetwork:
         self._next_ip = 1
         self.messages = 0
         self.probes: dict[int, int] = {}
+        #: NATs: an address -> the NAT whose LAN it is on (absent: the internet).
+        self.realm: dict[str, SimNat] = {}
+        self.nat_by_ip: dict[str, SimNat] = {}
+        #: (address, port) of a node's extra socket -> (node's endpoint, index)
+        self.sockets: dict[Endpoint, tuple[Endpoint, int]] = {}
+        self._next_nat = 1
+        self.nat_dropped = 0
 
     # -- events -------------------------------------------------------------
 
@@ -77,8 +85,13 @@ class SimNetwork:
             self.now = when
             if typ == _DELIVER:
                 node = nodes.get(a)
+                sock = 0
+                if node is None and a in self.sockets:
+                    main, sock = self.sockets[a]
+                    node = nodes.get(main)
+                    a = main
                 if node is not None:
-                    node.datagram_received(b, c, when)
+                    node.datagram_received(b, c, when, sock)
                     self._reschedule(a, node)
             elif typ == _TICK:
                 node = nodes.get(a)
@@ -95,17 +108,64 @@ class SimNetwork:
         self.messages += 1
         if self.loss and self.rng.random() < self.loss:
             return
+        if self.nat_by_ip or self.realm:
+            path = self._through_nats(src, dst)
+            if path is None:
+                self.nat_dropped += 1
+                return
+            src, dst = path
         # A fixed latency per pair of hosts plus a little jitter: mostly FIFO,
         # occasionally reordered, like a real path.
         lo, hi = self.latency
         base = lo + (hi - lo) * ((zlib.crc32(f"{src}{dst}".encode()) & 0xFFFF) / 0xFFFF)
         self._push(self.now + base + 0.001 * self.rng.random(), _DELIVER, dst, data, src)
 
+    # -- NATs (wow.nat.simnat) ---------------------------------------------------
+
+    def add_nat(self, kind: str, parent: SimNat | None = None) -> SimNat:
+        """A NAT router on the internet (or on C{parent}'s LAN: a double NAT)."""
+        n = self._next_nat
+        self._next_nat += 1
+        ip = f"203.0.{n // 250}.{n % 250 + 1}" if parent is None else f"100.64.{n // 250}.{n % 250}"
+        nat = SimNat(kind, ip, random.Random(self.rng.getrandbits(64)), parent)
+        self.nat_by_ip[ip] = nat
+        if parent is not None:
+            self.realm[ip] = parent
+        return nat
+
+    def _through_nats(self, src: Endpoint, dst: Endpoint) -> tuple[Endpoint, Endpoint] | None:
+        """Where a datagram from C{src} to C{dst} ends up, and its source there."""
+        realm = self.realm.get(src[0])
+        crossed = []
+        while self.realm.get(dst[0]) is not realm:
+            if realm is None:
+                return None  # a private address of another site
+            src = realm.outbound(src, dst)
+            crossed.append(realm)
+            realm = realm.parent
+        while dst[0] in self.nat_by_ip and self.realm.get(dst[0]) is realm:
+            nat = self.nat_by_ip[dst[0]]
+            if nat in crossed:
+                return None  # no hairpinning
+            inside = nat.inbound(src, dst[1])
+            if inside is None:
+                return None
+            dst, realm = inside, nat
+        return src, dst
+
+    def _send_from(self, ep: Endpoint, data: bytes, dst: Endpoint, sock: int) -> None:
+        aux = (ep[0], 40000 + sock)
+        self.sockets.setdefault(aux, (ep, sock))
+        self._transmit(aux, data, dst)
+
     def add_node(self, bootstrap: list[Endpoint], crypto: ICrypto | None = None,
-                 params: OverlayParams | None = None) -> OverlayNode:
+                 nat: SimNat | None = None, params: OverlayParams | None = None) -> OverlayNode:
         n = self._next_ip
         self._next_ip += 1
         ep = (f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", 4789)
+        if nat is not None:
+            ep = (f"192.168.{(n >> 8) & 255}.{n & 255}", 4789)
+            self.realm[ep[0]] = nat
         if crypto is None:
             crypto = NodeIdentity.generate() if self.real_crypto else SimulatedCrypto(self.rng)
         node = OverlayNode(
@@ -118,6 +178,7 @@ class SimNetwork:
             rng=random.Random(self.rng.getrandbits(64)),
         )
         node.local_endpoint = ep
+        node._send_sock = partial(self._send_from, ep)
         node.register_handler(PROBE_KIND, self._on_probe)
         self.nodes[ep] = node
         self.by_address[node.me] = node

@@ -218,13 +218,17 @@ class TapPort(FileDescriptor):
                                name=self.device.name, error=e)
                 self.stopReading()
                 return
-            self.counters.inc("tap_frames_read")
-            self.counters.inc("tap_bytes_read", len(frame))
-            try:
-                self.on_frame(frame)
-            except Exception:
-                self.counters.inc("frames_dropped", reason="handler-error")
-                self.log.failure("frame handler failed")
+            self.deliver(frame)
+
+    def deliver(self, frame: bytes) -> None:
+        """One frame read from the device (here or by the node's data plane thread)."""
+        self.counters.inc("tap_frames_read")
+        self.counters.inc("tap_bytes_read", len(frame))
+        try:
+            self.on_frame(frame)
+        except Exception:
+            self.counters.inc("frames_dropped", reason="handler-error")
+            self.log.failure("frame handler failed")
 
     def write_frame(self, frame: bytes) -> None:
         try:

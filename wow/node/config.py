@@ -66,6 +66,10 @@ class TapSection:
     #: true = IFF_VNET_HDR + TSO offloads on the TAP and UDP GSO/GRO on the
     #: overlay socket: super-frames move as one overlay message (docs/architecture.md).
     offload: bool = False
+    #: true = packets on established routes move between the TAP and the
+    #: overlay socket on a thread of their own (wow/node/dataplane.py): a
+    #: third of the round trip of the reactor path on an idle node.
+    dataplane: bool = True
 
     def validate(self) -> None:
         if not self.name or len(self.name) > MAX_IFNAME:

@@ -84,6 +84,13 @@ class NodeService(MultiService):
                                         reactor, self.counters)
             self.router.setServiceParent(self)
             self.sink.route = self.router.route
+            if config.tap.dataplane:
+                # Last child of the three: it stops first, before the TAP closes.
+                from wow.node.dataplane import DataPlane
+
+                self.dataplane = DataPlane(self.nic, self.overlay, self.router, reactor,
+                                           self.counters)
+                self.dataplane.setServiceParent(self)
             self.control.register("leases", self.nic.leases)
             self.status.contribute("nic", self.nic.status)
             if config.ca.url:

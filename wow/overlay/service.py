@@ -94,6 +94,10 @@ class OverlayService(Service):
         #: Plain ints on the hot path, moved into the counters on each read.
         self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
         self._io_reported = [0, 0, 0, 0]
+        #: When this node last sent each peer plaintext DATA through the
+        #: overlay (the node's data plane takes only such peers' packets:
+        #: a peer whose traffic is secured never sees this path).
+        self.plain_data_sent: dict[int, float] = {}
         self.counters.add_refresher(self._refresh_metrics)
 
     # -- the API other parts use --------------------------------------------
@@ -108,6 +112,8 @@ class OverlayService(Service):
     def send_to(self, address: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
         if self.node is None:
             return False
+        if kind == W.DATA:
+            self._sent_plain(address)
         return self.node.send_to(address, kind, payload, mode)
 
     def send_message(self, address: int, kind: int, msg_id: int, message: bytes) -> bool:
@@ -119,6 +125,8 @@ class OverlayService(Service):
         node = self.node
         if node is None:
             return False
+        if kind == W.DATA:
+            self._sent_plain(address)
         link = node.table.links.get(address)
         if link is not None and self.gso is not None and kind == W.DATA:
             buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
@@ -134,6 +142,12 @@ class OverlayService(Service):
             if not node.send_to(address, kind, piece):
                 return False
         return True
+
+    def _sent_plain(self, address: int) -> None:
+        sent = self.plain_data_sent
+        if len(sent) > 4096 and address not in sent:
+            sent.clear()
+        sent[address] = self.reactor.seconds()
 
     def has_link(self, address: int) -> bool:
         return self.node is not None and self.node.has_link(address)
@@ -263,24 +277,33 @@ class OverlayService(Service):
         if node is None or gso is None:
             return
         now = self.reactor.seconds()
-        me = A.to_bytes(node.me)
-        io = self._io
         for data, seg, raw_addr in gso.recv_batch():
-            addr = (raw_addr[0], raw_addr[1])
-            io[0] += -(-len(data) // seg) if seg else 1
-            io[1] += len(data)
-            if not seg or len(data) <= seg:
-                node.datagram_received(data, addr, now)
-                continue
-            if self.fast_data is not None:
-                burst = D.take_burst(data, seg, me, D.linked_address(node, addr))
-                if burst is not None:
-                    self._fast_burst(burst, addr, now)
-                    if burst.end >= len(data):
-                        continue
-                    data = data[burst.end:]
-            for d in udpgso.split(data, seg):
-                node.datagram_received(bytes(d), addr, now)
+            self.read_item(data, seg, raw_addr, now)
+
+    def read_item(self, data: bytes, seg: int, raw_addr: Any, now: float) -> None:
+        """
+        One read from the socket (here or by the node's data plane thread):
+        a datagram (C{seg} 0) or a GRO burst of C{seg}-byte datagrams.
+        """
+        node = self.node
+        if node is None:
+            return
+        addr = (raw_addr[0], raw_addr[1])
+        io = self._io
+        io[0] += -(-len(data) // seg) if seg else 1
+        io[1] += len(data)
+        if not seg or len(data) <= seg:
+            node.datagram_received(data, addr, now)
+            return
+        if self.fast_data is not None:
+            burst = D.take_burst(data, seg, A.to_bytes(node.me), D.linked_address(node, addr))
+            if burst is not None:
+                self._fast_burst(burst, addr, now)
+                if burst.end >= len(data):
+                    return
+                data = data[burst.end:]
+        for d in udpgso.split(data, seg):
+            node.datagram_received(bytes(d), addr, now)
 
     def _fast_burst(self, burst: D.Burst, addr: Endpoint, now: float) -> None:
         node = self.node

@@ -61,11 +61,17 @@ PLAIN_FOR = 10.0
 MAX_BURST = 256
 #: How long the thread trusts its memo of the TAP's clients (lease ends show within it).
 LOCAL_FOR = 1.0
+#: Reads handed to the reactor and not yet taken, at most: when the reactor
+#: falls behind (a flood), further reads are dropped and counted rather than
+#: queued without bound (the reactor's own reading was bounded by the kernel's
+#: queues in the same way).
+MAX_BACKLOG = 2048
 
 _TAP, _UDP = 0, 1
 # Indexes of the thread's counts.
 (OUT, OUT_BYTES, IN, IN_BYTES, TAP_READ, TAP_READ_BYTES, UDP_IN, UDP_IN_BYTES, SLOW,
- ERRORS, LIMITED, WAKES, READ_AFTER_WRITE, UDP_OUT, UDP_OUT_BYTES, TAP_WRITTEN) = range(16)
+ ERRORS, LIMITED, WAKES, READ_AFTER_WRITE, UDP_OUT, UDP_OUT_BYTES, TAP_WRITTEN,
+ BUSY) = range(17)
 _NAMES = {
     OUT: ("dataplane_packets", {"direction": "out"}),
     IN: ("dataplane_packets", {"direction": "in"}),
@@ -77,6 +83,7 @@ _NAMES = {
     UDP_IN_BYTES: ("overlay_bytes_received", {}),
     UDP_OUT: ("overlay_datagrams_sent", {}),
     TAP_WRITTEN: ("tap_frames_written", {}),
+    BUSY: ("dataplane_dropped", {"reason": "reactor-behind"}),
     UDP_OUT_BYTES: ("overlay_bytes_sent", {}),
     SLOW: ("dataplane_to_reactor", {}),
     ERRORS: ("dataplane_errors", {}),
@@ -102,6 +109,9 @@ class DataPlane(Service):
         self.counts = [0] * len(_NAMES)
         self._reported = [0] * len(_NAMES)
         self._thread: threading.Thread | None = None
+        #: Written by the thread only / by the reactor only: backlog = handed - taken.
+        self._handed = 0
+        self._taken = 0
         self._stop = False
         self._wake: tuple[int, int] | None = None
         self._local: dict[bytes, tuple[bytes | None, float]] = {}
@@ -188,6 +198,7 @@ class DataPlane(Service):
                     counts[ERRORS] += 1
                 if slow:
                     counts[SLOW] += len(slow)
+                    self._handed += len(slow)
                     self.reactor.callFromThread(self._slow, slow)
         finally:
             ep.close()
@@ -214,7 +225,7 @@ class DataPlane(Service):
                 counts[ERRORS] += 1
                 done = False
             if not done:
-                slow.append((_TAP, buf))
+                self._hand(slow, (_TAP, buf))
 
     def _drain_udp(self, slow: list[tuple[Any, ...]]) -> bool:
         """Read the socket until EAGAIN; whether a packet was written to the TAP."""
@@ -246,8 +257,15 @@ class DataPlane(Service):
                 counts[UDP_IN_BYTES] += len(data)
                 wrote = True
             else:
-                slow.append((_UDP, data, seg, raw))
+                self._hand(slow, (_UDP, data, seg, raw))
         return wrote
+
+    def _hand(self, slow: list[tuple[Any, ...]], item: tuple[Any, ...]) -> None:
+        """Queue C{item} for the reactor unless it is too far behind (counted)."""
+        if self._handed - self._taken + len(slow) >= MAX_BACKLOG:
+            self.counts[BUSY] += 1
+        else:
+            slow.append(item)
 
     # -- decisions ----------------------------------------------------------------
 
@@ -378,6 +396,7 @@ class DataPlane(Service):
     def _slow(self, items: list[tuple[Any, ...]]) -> None:
         """What the thread left to the reactor, in the order it was read."""
         now = self.reactor.seconds()
+        self._taken += len(items)
         for item in items:
             try:
                 if item[0] == _TAP:

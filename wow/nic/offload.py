@@ -14,6 +14,7 @@ header before frames the node builds itself.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from collections.abc import Sequence
 
@@ -23,7 +24,13 @@ from wow.datapath import vnet
 from wow.datapath.tapoffload import OffloadTap
 from wow.datapath.tapoffload import TapError as OffloadTapError
 from wow.metrics import Counters
-from wow.nic.tap import ITapDevice, ITapSyscalls, TapError, check_tap_prerequisites
+from wow.nic.tap import (
+    ITapDevice,
+    ITapSyscalls,
+    TapError,
+    check_tap_prerequisites,
+    open_error,
+)
 
 _BCAST = b"\xff\xff\xff\xff"
 
@@ -78,6 +85,10 @@ class OffloadSyscalls:
         try:
             tap.open()
         except OffloadTapError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.EBUSY, errno.EINVAL,
+                                                                errno.EPERM):
+                raise open_error(name, cause.errno, cause.strerror) from None
             raise TapError(str(e)) from None
         r = subprocess.run(["ip", "link", "set", "dev", tap.name, "mtu", str(mtu), "address",
                             hwaddr.hex(":"), "up"], capture_output=True, text=True)

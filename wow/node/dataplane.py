@@ -71,7 +71,7 @@ _TAP, _UDP = 0, 1
 # Indexes of the thread's counts.
 (OUT, OUT_BYTES, IN, IN_BYTES, TAP_READ, TAP_READ_BYTES, UDP_IN, UDP_IN_BYTES, SLOW,
  ERRORS, LIMITED, WAKES, READ_AFTER_WRITE, UDP_OUT, UDP_OUT_BYTES, TAP_WRITTEN,
- BUSY) = range(17)
+ BUSY, BURSTS) = range(18)
 _NAMES = {
     OUT: ("dataplane_packets", {"direction": "out"}),
     IN: ("dataplane_packets", {"direction": "in"}),
@@ -84,6 +84,7 @@ _NAMES = {
     UDP_OUT: ("overlay_datagrams_sent", {}),
     TAP_WRITTEN: ("tap_frames_written", {}),
     BUSY: ("dataplane_dropped", {"reason": "reactor-behind"}),
+    BURSTS: ("overlay_fastpath_messages", {}),
     UDP_OUT_BYTES: ("overlay_bytes_sent", {}),
     SLOW: ("dataplane_to_reactor", {}),
     ERRORS: ("dataplane_errors", {}),
@@ -389,6 +390,8 @@ class DataPlane(Service):
             node.ondemand[address] = now
         self.counts[IN] += 1
         self.counts[IN_BYTES] += len(message)
+        if seg:
+            self.counts[BURSTS] += 1
         return True
 
     # -- the reactor thread ---------------------------------------------------------

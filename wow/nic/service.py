@@ -166,6 +166,11 @@ class NicService(Service):
                 self.counters.inc("frames_dropped", reason="superframe-not-routed")
                 return
             frame = plain
+        self._host_frame(frame)
+
+    def _host_frame(self, frame: bytes) -> None:
+        """A bare Ethernet frame from the host (no vnet header) for the dispatcher."""
+        assert self.dispatcher is not None
         self.dispatcher.frame_received(frame)
 
     def stopService(self) -> None:

@@ -105,6 +105,9 @@ class Harness:
         self.dp.tap_fd, self.dp.sock = self.tap_node.fileno(), self.sock
         self.dp._vlen, self.dp._gateway = 0, GW.packed
         self.dp._router_mac, self.dp._me = ROUTER_MAC, A.to_bytes(ME)
+        self.dp._eth_tail, self.dp._mtu = ROUTER_MAC + b"\x08\x00", 1360
+        self.dp._ids = self.router._ids
+        self.dp._bind_tables()
 
     def _slow_udp(self, data: bytes, addr: Any) -> None:
         self.slow_udp.append((data, addr))

@@ -329,7 +329,7 @@ class DataPlane(Service):
     def _out(self, buf: bytes, now: float) -> bool:
         """A frame from the TAP: sent here (True) or left to the reactor (False)."""
         vlen = self._vlen
-        if not for_router(buf, vlen, self._gateway):
+        if not for_router(buf, vlen, self._gateway, self._router_mac):
             return False
         start = vlen + 14
         if not vlen or buf[:2] == b"\0\0":  # no vnet header, or one asking for nothing

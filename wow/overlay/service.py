@@ -252,11 +252,8 @@ class OverlayService(Service):
     # -- I/O ------------------------------------------------------------------
 
     def received(self, data: bytes, addr: Endpoint) -> None:
-        io = self._io
-        io[0] += 1
-        io[1] += len(data)
-        if self.node is not None:
-            self.node.datagram_received(data, addr, self.reactor.seconds())
+        """One datagram from Twisted's own reader (a socket without UDP GRO)."""
+        self.read_item(data, 0, addr, self.reactor.seconds())
 
     def _enable_offloads(self) -> None:
         """UDP GSO for sends to direct links, UDP GRO for receives (docs/architecture.md)."""

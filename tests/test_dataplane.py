@@ -18,7 +18,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from wow.metrics import Counters
-from wow.node.dataplane import IN, OUT, PLAIN_FOR, DataPlane
+from wow.node.dataplane import FLOW_FOR, FLOW_LANE, IN, OUT, PLAIN_FOR, DataPlane
 from wow.overlay import address as A
 from wow.overlay import wire as W
 
@@ -194,6 +194,53 @@ class DecisionTests(SynchronousTestCase):
         h.overlay.plain_data_sent.clear()
         self.assertFalse(h.dp._in(good, 0, h.peer_ep, NOW), "peer not plaintext")
         self.assertRaises(BlockingIOError, h.tap_host.recv, 65535)
+
+
+class FlowLaneTests(SynchronousTestCase):
+    """A flow decided once takes the short lane for a second, never past a change."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+
+    def test_out_lane(self) -> None:
+        h = self.h
+        frame = eth(ipv4(LOCAL, REMOTE))
+        for _ in range(3):
+            self.assertTrue(h.dp._out(frame, NOW))
+        self.assertEqual((h.dp.counts[OUT], h.dp.counts[FLOW_LANE]), (3, 2))
+        first, *rest = h.sent()
+        self.assertEqual(len(rest), 2)
+        for datagram in rest:  # the same headers, a new message id, the packet
+            self.assertEqual(datagram[:44], first[:44])
+            self.assertEqual(datagram[48:], first[48:])
+        # too big for the MTU, another host MAC, a replaced link, after a
+        # second: the whole decision again
+        big = eth(ipv4(LOCAL, REMOTE, b"x" * 1400, df=True))
+        self.assertFalse(h.dp._out(big, NOW))
+        self.assertTrue(h.dp._out(eth(ipv4(LOCAL, REMOTE), src=b"\x02" * 6), NOW))
+        h.node.table.links[PEER] = SimpleNamespace(**vars(h.link))
+        self.assertTrue(h.dp._out(frame, NOW))
+        h.cache.owners.clear()
+        self.assertFalse(h.dp._out(frame, NOW + FLOW_FOR + 0.1))
+        self.assertEqual(h.dp.counts[FLOW_LANE], 2)
+
+    def test_in_lane(self) -> None:
+        h = self.h
+        for _ in range(3):
+            self.assertTrue(h.dp._in(h.from_peer(ipv4(REMOTE, LOCAL)), 0, h.peer_ep, NOW))
+        self.assertEqual((h.dp.counts[IN], h.dp.counts[FLOW_LANE]), (3, 2))
+        frames = [h.tap_host.recv(65535) for _ in range(3)]
+        self.assertEqual(len(set(frames)), 1)
+        # a piece, another sender's header, another endpoint, later: not the lane
+        self.assertFalse(h.dp._in(h.from_peer(ipv4(REMOTE, LOCAL), 0, 2), 0, h.peer_ep, NOW))
+        other = W.pack(W.EXACT, W.DATA, 15, 1, 0xCC << 152, ME,
+                       W.DATA_HEADER.pack(3, 0, 1) + ipv4(REMOTE, LOCAL))
+        self.assertFalse(h.dp._in(other, 0, h.peer_ep, NOW))
+        self.assertFalse(h.dp._in(h.from_peer(ipv4(REMOTE, LOCAL)), 0, ("127.0.0.1", 9), NOW))
+        h.cache.owners.clear()
+        self.assertFalse(h.dp._in(h.from_peer(ipv4(REMOTE, LOCAL)), 0, h.peer_ep,
+                                  NOW + FLOW_FOR + 0.1))
+        self.assertEqual(h.dp.counts[FLOW_LANE], 2)
 
 
 class ThreadTests(SynchronousTestCase):

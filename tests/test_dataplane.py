@@ -82,7 +82,7 @@ class Harness:
                                     by_endpoint={self.peer_ep: self.link},
                                     params=SimpleNamespace(ttl=16), ondemand={PEER: 0.0})
         self.overlay = SimpleNamespace(
-            node=self.node, gso=None, plain_data_sent={PEER: NOW - 1},
+            node=self.node, gso=None, plain_data_sent={LOCAL + REMOTE: NOW - 1},
             port=SimpleNamespace(socket=self.sock, stopReading=lambda: None),
             send_message=lambda *a: True, received=self._slow_udp, read_item=None)
         self.cache = FakeCache()
@@ -158,9 +158,9 @@ class DecisionTests(SynchronousTestCase):
         h.cache.owners[REMOTE] = (A.to_bytes(PEER), NOW - 1)
         self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "expired")
         h.cache.owners[REMOTE] = (A.to_bytes(PEER), NOW + 60)
-        h.overlay.plain_data_sent[PEER] = NOW - PLAIN_FOR - 1
+        h.overlay.plain_data_sent[LOCAL + REMOTE] = NOW - PLAIN_FOR - 1
         self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "no plaintext lately")
-        h.overlay.plain_data_sent[PEER] = NOW
+        h.overlay.plain_data_sent[LOCAL + REMOTE] = NOW
         del h.node.table.links[PEER]
         self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "no direct link")
         self.assertEqual(h.sent(), [])
@@ -191,8 +191,9 @@ class DecisionTests(SynchronousTestCase):
             self.assertFalse(h.dp._in(data, 0, h.peer_ep, NOW), why)
         good = h.from_peer(ipv4(REMOTE, LOCAL))
         self.assertFalse(h.dp._in(good, 0, ("127.0.0.1", 9), NOW), "not a linked endpoint")
-        h.overlay.plain_data_sent.clear()
-        self.assertFalse(h.dp._in(good, 0, h.peer_ep, NOW), "peer not plaintext")
+        h.overlay.plain_data_sent[REMOTE + LOCAL] = NOW  # the flow, not its reverse
+        del h.overlay.plain_data_sent[LOCAL + REMOTE]
+        self.assertFalse(h.dp._in(good, 0, h.peer_ep, NOW), "flow not sent in clear")
         self.assertRaises(BlockingIOError, h.tap_host.recv, 65535)
 
 
@@ -283,3 +284,27 @@ class ThreadTests(SynchronousTestCase):
         h.dp.startService()
         self.assertIsNone(h.dp._thread)
         h.dp.stopService()
+
+
+class PlainFlowStampTests(SynchronousTestCase):
+    """The overlay stamps the flows the router sends in clear: the data plane's gate."""
+
+    def test_stamps(self) -> None:
+        from twisted.internet.task import Clock
+
+        from wow.datapath import vnet
+        from wow.overlay.service import OverlayService
+
+        clock = Clock()
+        clock.advance(NOW)
+        svc = OverlayService(SimpleNamespace(), clock)
+        svc._sent_plain(W.DATA_HEADER.pack(1, 0, 1) + ipv4(LOCAL, REMOTE), 8)
+        self.assertEqual(svc.plain_data_sent, {LOCAL + REMOTE: NOW})
+        # behind a compact vnet header (an offloaded frame)
+        h = vnet.VnetHeader(vnet.F_NEEDS_CSUM, 0, 0, 0, 34, 16)
+        svc._sent_plain(vnet.to_wire(h) + ipv4(REMOTE, LOCAL), 0)
+        self.assertIn(REMOTE + LOCAL, svc.plain_data_sent)
+        # anything else (a sealed record, garbage, too short) stamps nothing
+        for junk in (b"\x80" + b"\x17\xfe\xfd" * 20, b"", b"\x45" * 10):
+            svc._sent_plain(junk, 0)
+        self.assertEqual(len(svc.plain_data_sent), 2)

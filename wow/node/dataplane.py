@@ -390,7 +390,9 @@ class DataPlane(Service):
             return False
         address = int.from_bytes(owner, "big")
         link = self._links.get(address)
-        if link is None or self._plain.get(address, _NEVER) <= now - PLAIN_FOR:
+        flow = message[off + 12:off + 20]
+        plain_at = self._plain.get(flow, _NEVER)
+        if link is None or plain_at <= now - PLAIN_FOR:
             return False
         if self._mtu and len(message) - off > self._mtu and message[0] & 0x80 == 0:
             return False  # not a GSO super-frame: the router answers "fragmentation needed"
@@ -416,8 +418,8 @@ class DataPlane(Service):
                 flows = self._flows_out
                 if len(flows) >= MAX_FLOWS:
                     flows.clear()
-                until = min(now + FLOW_FOR, self._plain.get(address, _NEVER) + PLAIN_FOR)
-                flows[message[12:20]] = (until, buf[vlen:vlen + 14], address, link, prefix)
+                until = min(now + FLOW_FOR, plain_at + PLAIN_FOR)
+                flows[flow] = (until, buf[vlen:vlen + 14], address, link, prefix)
             link.last_sent = now
             counts[UDP_OUT] += 1
             counts[UDP_OUT_BYTES] += len(datagram)
@@ -472,7 +474,7 @@ class DataPlane(Service):
             if data[_DATA_AT - 4:_DATA_AT] != _WHOLE:  # piece 0 of 1
                 return False
             message = data[_DATA_AT:]
-        if self._plain.get(address, _NEVER) <= now - PLAIN_FOR or len(message) < 20:
+        if len(message) < 20:
             return False
         plain = 0x45 <= message[0] <= 0x4F
         if plain:
@@ -483,6 +485,10 @@ class DataPlane(Service):
             except M.MessageError:
                 return False
         dst = message[off + 16:off + 20]
+        # Only the reverse of a flow the router sent in clear lately.
+        plain_at = self._plain.get(dst + message[off + 12:off + 16], _NEVER)
+        if plain_at <= now - PLAIN_FOR:
+            return False
         memo = self._local.get(dst)
         mac = memo[0] if memo is not None and memo[1] > now else self._local_mac(dst, now)
         if mac is None or self._cache.fresh(message[off + 12:off + 16], now) != src_bytes:
@@ -505,7 +511,7 @@ class DataPlane(Service):
                 flows = self._flows_in
                 if len(flows) >= MAX_FLOWS:
                     flows.clear()
-                until = min(now + FLOW_FOR, self._plain.get(address, _NEVER) + PLAIN_FOR)
+                until = min(now + FLOW_FOR, plain_at + PLAIN_FOR)
                 flows[message[12:20]] = (until, addr, data[:W.HEADER_SIZE], link,
                                          mac + self._eth_tail)
         else:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from wow import __version__
 from wow.datapath import pieces as P
-from wow.datapath import udpgso
+from wow.datapath import udpgso, vnet
 from wow.metrics import Counters
 from wow.overlay import datapath as D
 from wow.overlay import address as A
@@ -94,10 +94,11 @@ class OverlayService(Service):
         #: Plain ints on the hot path, moved into the counters on each read.
         self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
         self._io_reported = [0, 0, 0, 0]
-        #: When this node last sent each peer plaintext DATA through the
-        #: overlay (the node's data plane takes only such peers' packets:
-        #: a peer whose traffic is secured never sees this path).
-        self.plain_data_sent: dict[int, float] = {}
+        #: When this node last sent plaintext DATA of each flow (source +
+        #: destination IPv4, 8 bytes) through the overlay: the node's data
+        #: plane takes only those flows and their reverse, so traffic the
+        #: security layer seals never sees it.
+        self.plain_data_sent: dict[bytes, float] = {}
         self.counters.add_refresher(self._refresh_metrics)
 
     # -- the API other parts use --------------------------------------------
@@ -112,8 +113,8 @@ class OverlayService(Service):
     def send_to(self, address: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
         if self.node is None:
             return False
-        if kind == W.DATA:
-            self._sent_plain(address)
+        if kind == W.DATA and payload[4:8] == b"\0\0\0\x01":  # a whole message
+            self._sent_plain(payload, W.DATA_HEADER.size)
         return self.node.send_to(address, kind, payload, mode)
 
     def send_message(self, address: int, kind: int, msg_id: int, message: bytes) -> bool:
@@ -126,7 +127,7 @@ class OverlayService(Service):
         if node is None:
             return False
         if kind == W.DATA:
-            self._sent_plain(address)
+            self._sent_plain(message, 0)
         link = node.table.links.get(address)
         if link is not None and self.gso is not None and kind == W.DATA:
             buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
@@ -143,11 +144,29 @@ class OverlayService(Service):
                 return False
         return True
 
-    def _sent_plain(self, address: int) -> None:
+    def _sent_plain(self, buf: bytes, at: int) -> None:
+        """
+        Stamp the flow (source and destination IPv4 address, 8 bytes) of the
+        plaintext DATA message at C{buf[at:]}: the node's data plane takes
+        only flows the router sent in clear lately (and their reverse), so
+        traffic the security layer seals never takes it.
+        """
+        b0 = buf[at] if len(buf) > at else 0
+        if not 0x45 <= b0 <= 0x4F:  # a compact vnet header first
+            try:
+                _, used = vnet.from_wire(memoryview(buf)[at:])
+            except vnet.VnetError:
+                return
+            at += used
+            if len(buf) <= at or not 0x45 <= buf[at] <= 0x4F:
+                return
+        if len(buf) < at + 20:
+            return
+        key = bytes(buf[at + 12:at + 20])
         sent = self.plain_data_sent
-        if len(sent) > 4096 and address not in sent:
+        if len(sent) > 4096 and key not in sent:
             sent.clear()
-        sent[address] = self.reactor.seconds()
+        sent[key] = self.reactor.seconds()
 
     def has_link(self, address: int) -> bool:
         return self.node is not None and self.node.has_link(address)

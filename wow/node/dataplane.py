@@ -180,7 +180,8 @@ class DataPlane(Service):
         self.overlay.port.stopReading()
         self._wake = os.pipe()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="wow-dataplane", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._wake[0],),
+                                        name="wow-dataplane", daemon=True)
         self._thread.start()
         self.log.info("data plane thread started")
 
@@ -207,10 +208,8 @@ class DataPlane(Service):
 
     # -- the thread ------------------------------------------------------------
 
-    def _run(self) -> None:
-        assert self._wake is not None
-        wake_fd = self._wake[0]
-        ep = select.epoll()
+    def _run(self, wake_fd: int) -> None:
+        self._ep = ep = select.epoll()
         try:
             ep.register(self.tap_fd, select.EPOLLIN)
             ep.register(self.sock.fileno(), select.EPOLLIN)
@@ -251,8 +250,11 @@ class DataPlane(Service):
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
-                # The reactor's TapPort reports and stops on a broken device.
+                # A broken device (deleted under us): stop watching it rather
+                # than spin on a readable-but-failing descriptor, as TapPort does.
                 counts[ERRORS] += 1
+                self._ep.unregister(fd)
+                self.reactor.callFromThread(self._tap_failed, e)
                 return
             counts[TAP_READ] += 1
             counts[TAP_READ_BYTES] += len(buf)
@@ -527,6 +529,10 @@ class DataPlane(Service):
         return True
 
     # -- the reactor thread ---------------------------------------------------------
+
+    def _tap_failed(self, error: OSError) -> None:
+        self.counters.inc("tap_errors", reason="read")
+        self.log.error("reading the TAP failed, no longer reading it: {error}", error=error)
 
     def _slow(self, items: list[tuple[Any, ...]]) -> None:
         """What the thread left to the reactor, in the order it was read."""

@@ -272,7 +272,7 @@ class OverlayService(Service):
 
     def received(self, data: bytes, addr: Endpoint) -> None:
         """One datagram from Twisted's own reader (a socket without UDP GRO)."""
-        self.read_item(data, 0, addr, self.reactor.seconds())
+        self.read_item(data, 0, addr, self.reactor.seconds() if self.node is not None else 0.0)
 
     def _enable_offloads(self) -> None:
         """UDP GSO for sends to direct links, UDP GRO for receives (docs/architecture.md)."""
@@ -301,13 +301,13 @@ class OverlayService(Service):
         One read from the socket (here or by the node's data plane thread):
         a datagram (C{seg} 0) or a GRO burst of C{seg}-byte datagrams.
         """
+        io = self._io
+        io[0] += -(-len(data) // seg) if seg else 1
+        io[1] += len(data)
         node = self.node
         if node is None:
             return
         addr = (raw_addr[0], raw_addr[1])
-        io = self._io
-        io[0] += -(-len(data) // seg) if seg else 1
-        io[1] += len(data)
         if not seg or len(data) <= seg:
             node.datagram_received(data, addr, now)
             return

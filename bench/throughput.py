@@ -16,6 +16,9 @@ Paths:
                 each bootstrapping the other, C{[tap] offload = true}), the host's
                 own dhclient on each TAP; also reports C{join_s}
   wow_plain     the same with C{[tap] offload = false} (one packet per call)
+  wow_secured   the C{wow} path with C{[security] enabled = true}: certificates
+                from a test CA for each host's leased IP and overlay address,
+                every packet through a DTLS 1.2 session (16 KB records)
   wow_datapath  WOW's data path alone: L{wow.datapath.forwarder} (offloading TAP,
                 pieces, UDP GSO/GRO) between the two namespaces -- no overlay, no
                 routing, no security; B{not} the full node
@@ -51,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)  # tests/pki.py: the wow_secured path's certificates
 UNDER_A, UNDER_B = "10.99.0.1", "10.99.0.2"
 INNER_MTU = 1400
 PEER_PACKAGES = ("nebula", "tinc", "openvpn", "iperf3", "openssl", "iputils-ping", "ethtool")
@@ -295,7 +299,7 @@ keepalive = 1.0
 dead_after = 6.0
 stabilize = 2.0
 [security]
-enabled = false
+enabled = {security}
 [tap]
 {tap}
 """
@@ -313,7 +317,29 @@ def _bound(events: str) -> str | None:
     return None
 
 
-def _wow_nodes(topo: Topology, name: str, offload: bool) -> Tunnel:
+def _install_certificate(state: str, ip: str) -> None:
+    """
+    A certificate for C{ip} and the node's overlay address, from the test CA
+    (tests/pki.py), installed as C{wow enroll} would (the node loads it within 5 s).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.pki import node_cert, pki
+    from wow.control.client import call
+
+    address = str(call(os.path.join(state, "control.sock"), "status")["overlay"]["address"])
+    ident = node_cert(pki().ca, ip, bytes.fromhex(address.removeprefix("wow:")))
+    pem = serialization.Encoding.PEM
+    files = {"host.key": ident.key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()),
+             "host.pem": ident.cert.public_bytes(pem),
+             "ca.pem": pki().ca.cert.public_bytes(pem)}
+    for fname, data in files.items():
+        with open(os.path.join(state, fname), "wb") as f:
+            f.write(data)
+
+
+def _wow_nodes(topo: Topology, name: str, offload: bool, secured: bool = False) -> Tunnel:
     from wow.demo.clients import dhclient_argv
 
     py = python_for_wow()
@@ -324,7 +350,7 @@ def _wow_nodes(topo: Topology, name: str, offload: bool) -> Tunnel:
                       ("relay", "enabled = false")):
         configs[kind] = os.path.join(base, f"{kind}.toml")
         with open(configs[kind], "w") as f:
-            f.write(WOW_CONFIG.format(tap=tap))
+            f.write(WOW_CONFIG.format(tap=tap, security="true" if secured else "false"))
     # a and c (an overlay-only node next to a) form the WOW; b joins it.
     sides = {"a": (topo.na, WOW_PORT, UNDER_A, WOW_PORT + 1),
              "c": (topo.na, WOW_PORT + 1, UNDER_A, WOW_PORT),
@@ -373,6 +399,9 @@ def _wow_nodes(topo: Topology, name: str, offload: bool) -> Tunnel:
     if ip_b is None:
         raise RuntimeError(f"{name}: the joining host did not get a virtual IP")
     bound_s = time.monotonic() - t0
+    if secured:
+        for side, ip in (("a", ip_a), ("b", ip_b)):
+            _install_certificate(os.path.join(base, side, "state"), ip)
     joined = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -384,13 +413,19 @@ def _wow_nodes(topo: Topology, name: str, offload: bool) -> Tunnel:
         raise RuntimeError(f"{name}: no ping reply from the other node")
     ips = {"a": ip_a, "b": ip_b}
     label = ("WOW node end to end: twistd wow-node x2, DHT leases, dhclient, "
-             + ("offload TAP + UDP GSO/GRO" if offload else "plain TAP, one packet per call"))
+             + ("offload TAP + UDP GSO/GRO" if offload else "plain TAP, one packet per call")
+             + ("; DTLS 1.2 end to end (join_s includes loading the certificates)"
+                if secured else ""))
     return Tunnel(ips["b"], [nodes["a"]], [nodes["b"]], label,
                   extra={"join_s": round(joined, 2), "bound_s": round(bound_s, 2)})
 
 
 def path_wow(topo: Topology) -> Tunnel:
     return _wow_nodes(topo, "wow", True)
+
+
+def path_wow_secured(topo: Topology) -> Tunnel:
+    return _wow_nodes(topo, "wowsec", True, secured=True)
 
 
 def path_wow_plain(topo: Topology) -> Tunnel:
@@ -492,15 +527,16 @@ PATHS: dict[str, tuple[str | None, Callable[[Topology], Tunnel]]] = {
     "raw": (None, path_raw),
     "wow": ("dhclient", path_wow),
     "wow_plain": ("dhclient", path_wow_plain),
+    "wow_secured": ("dhclient", path_wow_secured),
     "wow_datapath": (None, path_wow_datapath),
     "wow_datapath_plain": (None, path_wow_datapath_plain),
     "nebula": ("nebula", path_nebula),
     "tinc": ("tincd", path_tinc),
     "openvpn": ("openvpn", path_openvpn),
 }
-DEFAULT_PATHS = ("raw", "wow_datapath", "wow", "nebula", "tinc", "openvpn")
+DEFAULT_PATHS = ("raw", "wow_datapath", "wow", "wow_secured", "nebula", "tinc", "openvpn")
 #: Paths that are WOW's, compared with every other (non-raw) path in "ratios".
-WOW_PATHS = ("wow", "wow_plain", "wow_datapath", "wow_datapath_plain")
+WOW_PATHS = ("wow", "wow_plain", "wow_secured", "wow_datapath", "wow_datapath_plain")
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

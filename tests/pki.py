@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import ipaddress
+import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wow.ca.issue import create_ca
 from wow.security.verify import overlay_uri
 
 UTC = datetime.UTC
@@ -40,34 +42,8 @@ def _now() -> datetime.datetime:
 
 
 def _ca(name: str) -> Identity:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    """A CA made exactly as wow-ca makes its own (one year, P-256)."""
+    key, cert = create_ca(name, 365, time.time())
     return Identity(key, cert)
 
 

@@ -89,6 +89,8 @@ class WanDemoTests(SynchronousTestCase):
             self.assertRegex(out, rf"{name}: certificate from wow-ca installed")
         self.assertEqual(out.count(", 0% packet loss"), 4, out)
         self.assertRegex(out, r"iperf3 a1 → b1\.wow: \d+ Mbit/s")
+        # the pairs that talked hold DTLS sessions (security is on in the demo)
+        self.assertRegex(out, r"a1: .*b1 \([^)]*DTLS ECDHE-ECDSA-[A-Z0-9-]+\)")
         # wow netcheck and wow ping on the nodes
         self.assertRegex(out, r"pub: seen as [\d.]+:\d+; mapping none; reachable directly: yes")
         self.assertRegex(out, r"Overlay ping a1 → b1 \(wow ping b1\):\n  reply from "

@@ -65,7 +65,7 @@ class ModeConfigTests(SynchronousTestCase):
     def test_modes(self) -> None:
         for mode in ("local", "dht"):
             self.assertEqual(load_node_config(None, dhcp(mode=mode)).dhcp.mode, mode)
-        self.assertEqual(load_node_config(None).dhcp.mode, "local")
+        self.assertEqual(load_node_config(None).dhcp.mode, "dht")
         self.refused("dhcp.mode 'central' is not one of local, dht, relay", mode="central")
 
     def test_relay_needs_a_server(self) -> None:
@@ -95,7 +95,7 @@ class NicForModeTests(SynchronousTestCase):
         return load_node_config(None, {"dhcp": values, "node": {"state_dir": state}})
 
     def test_local(self) -> None:
-        nic = nic_service_for(self.config(), Clock(), Counters())
+        nic = nic_service_for(self.config(mode="local"), Clock(), Counters())
         self.assertIs(type(nic), NicService)
         self.assertIsNone(nic.allocator)
 

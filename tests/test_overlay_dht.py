@@ -6,6 +6,7 @@ including when a replica dies in the middle of the operation.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -199,3 +200,37 @@ class ConcurrentCreateTests(SynchronousTestCase):
     def test_exactly_one_winner_when_a_replica_dies(self) -> None:
         for seed in range(60, 66):
             self.race(seed, kill_replica=True)
+
+
+class LoneSeedTests(SynchronousTestCase):
+    """
+    The first node of an overlay (no bootstrap configured) is, while alone,
+    the sole replica of every key: it must be able to create (so its DHCP
+    clients get addresses), and the nodes that join later must still see
+    its records and lose a create race against them.
+    """
+
+    def test_lone_seed_creates_and_joiners_see_its_claim(self) -> None:
+        net = SimNetwork(seed=7, params=PARAMS)
+        seed = net.add_node([], params=replace(PARAMS, seed=True))
+        net.run_until(net.now + 1)
+        self.assertTrue(call(net, seed, seed.dht.create(b"dhcp:n:10.0.0.9", b"s", 600)).result)
+        joiners = [net.add_node([net.endpoint(seed)]) for _ in range(4)]
+        net.run_until(net.now + 20)
+        self.assertEqual(net.ring_errors(), 0)
+        late = joiners[-1]
+        outcome = call(net, late, late.dht.create(b"dhcp:n:10.0.0.9", b"j", 600))
+        self.assertEqual(outcome.error, "exists")
+        got = call(net, late, late.dht.get(b"dhcp:n:10.0.0.9")).result
+        self.assertEqual([(v.value, v.owner) for v in got], [(b"s", seed.me)])
+        # Once linked, the seed needs a majority like everyone else.
+        self.assertFalse(seed.dht.alone())
+
+    def test_lone_node_told_to_join_never_decides_alone(self) -> None:
+        net = SimNetwork(seed=8, params=PARAMS)
+        # Its bootstrap never answers: it is not the whole overlay, only cut off.
+        node = net.add_node([("10.255.0.1", 4789)])
+        net.run_until(net.now + 1)
+        self.assertFalse(node.dht.alone())
+        outcome = call(net, node, node.dht.create(b"dhcp:n:10.0.0.9", b"x", 600), wait=20)
+        self.assertIsNotNone(outcome.error)

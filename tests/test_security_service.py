@@ -232,8 +232,34 @@ class CrlServiceTests(SynchronousTestCase):
         a = wire.services[ADDR_A]
         self.assertEqual(a.status()["crl"]["number"], 1)
         self.assertIn(7, a.revoked)
-        # Kept on disk for the next start.
+        # Kept on disk for the next start, and offered to each new overlay link.
         self.assertTrue(os.path.exists(os.path.join(a.config.node.state_dir, "crl.der")))
+        crl = a.current_crl()
+        assert crl is not None
+        self.assertFalse(wire.services[ADDR_B].offer_crl(crl))  # same CRL: not newer
+        self.assertEqual(wire.services[ADDR_B].counters.get(
+            "security_crl_refused", reason="not-newer", source="overlay"), 1)
+
+    def test_fetch_period_scales_with_the_overlay(self) -> None:
+        """Each node fetches every (size x 3 s), jittered; never more often than 10 s."""
+        wire = Wire(self, crl="https://10.128.0.1/crl")
+        a = wire.services[ADDR_A]
+        size = [100]
+        a._size_of = lambda: size[0]
+        periods = [a.crl_period() for _ in range(200)]
+        self.assertTrue(all(150 <= p <= 450 for p in periods), (min(periods), max(periods)))
+        self.assertGreater(max(periods) - min(periods), 100)  # jittered
+        size[0] = 1
+        self.assertTrue(all(10.0 <= a.crl_period() <= 15.0 for _ in range(50)))
+        size[0] = 10**6
+        self.assertEqual(a.crl_period(), 3600.0)  # [security] crl_refresh is the longest
+        wire.crl_answers = [succeed(make_crl(pki().ca, [], number=1))]
+        size[0] = 20
+        wire.start()
+        wire.clock.advance(0)
+        (fetch,) = [c for c in wire.clock.getDelayedCalls()
+                    if c.func == a._fetch_crl]  # type: ignore[comparison-overlap]
+        self.assertTrue(30 <= fetch.getTime() - wire.clock.seconds() <= 90)
 
     def test_fetch_failure_retried(self) -> None:
         wire = Wire(self, crl="https://10.128.0.1/crl")
@@ -254,8 +280,10 @@ class CrlServiceTests(SynchronousTestCase):
         wire.pump()
         crl = make_crl(pki().ca, [pki().b.cert.serial_number], number=2)
         self.assertFalse(a.offer_crl(b"garbage"))
+        self.assertIn("malformed", a.status()["crl"]["error"] or "")
         self.assertTrue(a.offer_crl(crl))
-        self.assertFalse(a.offer_crl(crl))  # not newer
+        self.assertFalse(a.offer_crl(crl, "fetch"))  # not newer: normal, not an error
+        self.assertIsNone(a.status()["crl"]["error"])
         wire.pump()
         self.assertEqual(a.peers()[0]["secured"], False)
         b.send(ADDR_A, b"after")

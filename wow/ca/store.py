@@ -239,25 +239,23 @@ class Store:
             self._insert_cert(db, rec)
             return self._supersede(db, rec) if supersede else []
 
-    def cert(self, serial: str) -> CertRecord | None:
+    def _first_cert(self, where: str, *args: Any) -> CertRecord | None:
+        """The first certificate row matching C{where}, or L{None}."""
         row = self.db.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certs WHERE serial = ?", (serial,)
+            f"SELECT {_CERT_COLUMNS} FROM certs WHERE {where} LIMIT 1", args
         ).fetchone()
         return CertRecord(*row) if row else None
+
+    def cert(self, serial: str) -> CertRecord | None:
+        return self._first_cert("serial = ?", serial)
 
     def cert_by_csr(self, digest: str) -> CertRecord | None:
-        row = self.db.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certs WHERE csr_sha256 = ?", (digest,)
-        ).fetchone()
-        return CertRecord(*row) if row else None
+        return self._first_cert("csr_sha256 = ?", digest)
 
     def valid_cert_for_key(self, spki_digest: str, now: float) -> CertRecord | None:
-        row = self.db.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certs WHERE spki_sha256 = ? AND revoked_at IS NULL "
-            "AND not_after > ? LIMIT 1",
-            (spki_digest, int(now)),
-        ).fetchone()
-        return CertRecord(*row) if row else None
+        return self._first_cert(
+            "spki_sha256 = ? AND revoked_at IS NULL AND not_after > ?", spki_digest, int(now)
+        )
 
     def certs(self, kind: str | None = None) -> list[CertRecord]:
         if kind is None:
@@ -316,23 +314,21 @@ class Store:
 
     # -- the approval queue -------------------------------------------------
 
-    def request_by_csr(self, digest: str) -> QueuedRequest | None:
+    def _first_request(self, where: str, *args: Any) -> QueuedRequest | None:
+        """The first queued request matching C{where}, or L{None}."""
         row = self.db.execute(
-            f"SELECT {_REQ_COLUMNS} FROM requests WHERE csr_sha256 = ?", (digest,)
+            f"SELECT {_REQ_COLUMNS} FROM requests WHERE {where} LIMIT 1", args
         ).fetchone()
         return QueuedRequest(*row) if row else None
+
+    def request_by_csr(self, digest: str) -> QueuedRequest | None:
+        return self._first_request("csr_sha256 = ?", digest)
 
     def request(self, request_id: int) -> QueuedRequest | None:
-        row = self.db.execute(
-            f"SELECT {_REQ_COLUMNS} FROM requests WHERE id = ?", (request_id,)
-        ).fetchone()
-        return QueuedRequest(*row) if row else None
+        return self._first_request("id = ?", request_id)
 
     def pending_for_ip(self, ip: str) -> QueuedRequest | None:
-        row = self.db.execute(
-            f"SELECT {_REQ_COLUMNS} FROM requests WHERE ip = ? AND state = 'pending'", (ip,)
-        ).fetchone()
-        return QueuedRequest(*row) if row else None
+        return self._first_request("ip = ? AND state = 'pending'", ip)
 
     def enqueue(
         self,

@@ -38,10 +38,16 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if not peers:
         print("no links")
         return EXIT_OK
-    print(f"{'ADDRESS':<45} {'ENDPOINT':<22} {'KIND':<9} {'RTT ms':>8} {'AGE s':>8}")
+    secured = any("secured" in p for p in peers)  # a node with [security] on
+    head = f"{'ADDRESS':<45} {'ENDPOINT':<22} {'KIND':<9} {'RTT ms':>8} {'AGE s':>8}"
+    print(head + (f"  {'SECURED':<7} {'CIPHER':<30} SERIAL" if secured else ""))
     for p in peers:
-        print(f"{p['address']:<45} {p['endpoint']:<22} {p['kind']:<9} "
-              f"{_fmt(p['rtt_ms']):>8} {p['age_s']:>8}")
+        line = (f"{p['address']:<45} {p['endpoint']:<22} {p['kind']:<9} "
+                f"{_fmt(p['rtt_ms']):>8} {_fmt(p['age_s']):>8}")
+        if secured:
+            line += (f"  {'yes' if p.get('secured') else 'no':<7} {_fmt(p.get('cipher')):<30} "
+                     f"{_fmt(p.get('serial'))}")
+        print(line)
     return EXIT_OK
 
 

@@ -47,7 +47,10 @@ keepalive = 5.0
 dead_after = 20.0
 stabilize = 3.0
 [security]
-enabled = false
+enabled = true
+# The CA's node is the public node: reachable in clear, so nodes can enrol.
+public_nodes = ["{public}"]
+crl_refresh = {crl_refresh}
 {ca}
 """
 
@@ -98,6 +101,10 @@ class DemoWan:
         self.net: Internet | None = None
         self.nodes: list[DemoNode] = []
         self.ca: subprocess.Popen[bytes] | None = None
+        #: Seconds between CRL fetches ([security] crl_refresh).
+        self.crl_refresh = 300
+        #: Appended to every node's configuration (tests: e.g. "[tap]\noffload = true").
+        self.extra_config = ""
 
     # -- building -----------------------------------------------------------
 
@@ -124,7 +131,9 @@ class DemoWan:
         ca = f'[ca]\nurl = "{ca_url}"\n' if ca_url else ""
         path = os.path.join(node.work, "wow-node.toml")
         with open(path, "w") as f:
-            f.write(NODE_CONFIG.format(name=node.name, bootstrap=boot, ca=ca))
+            f.write(NODE_CONFIG.format(name=node.name, bootstrap=boot, ca=ca,
+                                       public=CA_ADDRESS, crl_refresh=self.crl_refresh)
+                    + self.extra_config)
         return path
 
     def start_node(self, node: DemoNode, ca_url: str = "") -> None:
@@ -288,7 +297,8 @@ class DemoWan:
                 path = p.get("path", "direct")
                 via = f" via {names.get(p.get('via', ''), p.get('via', ''))}" \
                     if path == "relayed" else ""
-                parts.append(f"{who} ({p['kind']}, {path}{via})")
+                secured = f", DTLS {p['cipher']}" if p.get("secured") else ""
+                parts.append(f"{who} ({p['kind']}, {path}{via}{secured})")
             print(f"  {node.name:>4}: " + ", ".join(parts))
         print()
         self.show_nat_and_overlay_ping(results)

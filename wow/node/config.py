@@ -128,7 +128,9 @@ class DhcpSection:
     #: "local": leases from a pool kept in the state dir; "dht": leases
     #: claimed in the overlay's DHT (decentralised); "relay": the host's DHCP
     #: messages relayed (RFC 3046) to one central DHCP server (C{server}).
-    mode: str = "local"
+    #: "dht" is the default: no node is special, and a lone first node (no
+    #: bootstrap) is the whole DHT, so it leases too.
+    mode: str = "dht"
     lease_time: int = 3600
     #: First and last address handed out; empty = the whole subnet.
     pool_start: str = ""
@@ -337,7 +339,7 @@ class SecuritySection:
         if self.crl_url and urlsplit(self.crl_url).scheme not in ("http", "https"):
             raise ConfigError(f"security.crl_url {self.crl_url!r} must be an http or https URL")
         for key, low, high in (
-            ("crl_refresh", 30, 7 * 86400),
+            ("crl_refresh", 10, 7 * 86400),
             ("rekey_interval", 60, 7 * 86400),
             ("rekey_bytes", 2**20, 2**48),
             ("rekey_packets", 1024, 2**48),

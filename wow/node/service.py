@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from wow.control.server import ControlService
@@ -22,6 +22,17 @@ from wow.node.sink import DnsLeaseObserver, NodeSink
 from wow.node.status import StatusBoard
 from wow.util.durable import ensure_private_directory
 from wow.util.fatal import fatal
+
+
+class _OnStart(Service):
+    """Calls C{hook} when started: lets a later sibling use what earlier ones set up."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.hook()
 
 
 class NodeService(MultiService):
@@ -52,6 +63,7 @@ class NodeService(MultiService):
         self.dns = None
         self.nic: NicService | None = None
         self.enroller = None
+        self.security = None
         if config.tap.enabled:  # false: an overlay-only node
             if config.dns.enabled:
                 from wow.dns.service import NodeDns
@@ -84,6 +96,8 @@ class NodeService(MultiService):
                                         reactor, self.counters)
             self.router.setServiceParent(self)
             self.sink.route = self.router.route
+            if config.security.enabled:
+                self._add_security(config, reactor)
             if config.tap.dataplane:
                 # Last child of the three: it stops first, before the TAP closes.
                 from wow.node.dataplane import DataPlane
@@ -99,6 +113,8 @@ class NodeService(MultiService):
                 self.enroller = node_enroller(config, reactor, self.nic.host_ip)
                 if self.enroller is not None:
                     self.enroller.counters = self.counters
+                    if config.security.enabled:
+                        _OnStart(self._certify_overlay_address).setServiceParent(self)
                     self.enroller.setServiceParent(self)
         # wow ping: overlay echo to an address, a virtual IP or a name.
         from wow.node.ping import PingCommand
@@ -117,6 +133,67 @@ class NodeService(MultiService):
 
             web_service(reactor, self.control.factory.handlers, config.web.listen
                         ).setServiceParent(self)
+
+    def _certify_overlay_address(self) -> None:
+        """
+        Enrol with the overlay address as a URI SAN (known once the overlay
+        runs), so a copied certificate and key fail on any other node.
+        """
+        from dataclasses import replace
+
+        from wow.security.verify import overlay_uri
+
+        enroller, address = self.enroller, self.overlay.address
+        if enroller is not None and address is not None and enroller.settings.overlay is None:
+            enroller.settings = replace(enroller.settings, overlay=overlay_uri(address))
+
+    def _add_security(self, config: NodeConfig, reactor: Any) -> None:
+        """End-to-end DTLS between the router and the overlay (wow/security/gate.py)."""
+        from wow.security.gate import SecureGate
+        from wow.security.service import SecurityService
+
+        router = self.router
+
+        def transmit(peer: bytes, datagram: bytes) -> None:
+            router.send_data(int.from_bytes(peer, "big"), datagram)
+
+        self.security = security = SecurityService(
+            config, reactor, self.counters, b"", transmit,
+            address_of=lambda: self.overlay.address, size_of=self._overlay_size)
+        security.setServiceParent(self)  # after the router: stops first, closes sessions
+        router.gate = SecureGate(security, security.policy, router.send_data, self.counters)
+        # CRLs pushed along the overlay's links (wow/security/crlflood.py).
+        from wow.security.crlflood import CrlFlood
+
+        self.crl_flood = CrlFlood(self.overlay, security.offer_crl, reactor, self.counters,
+                                  security.current_crl)
+        security.crl_listeners.append(self.crl_flood.adopted)
+        self.crl_flood.setServiceParent(self)
+        security.register(self.control, self.status)
+        self.control.register("peers", self._peers)
+
+    def _overlay_size(self) -> int:
+        node = self.overlay.node
+        return node.table.estimate_size() if node is not None else 1
+
+    def _peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """C{wow peers}: the overlay's links, each with its secured session (if any)."""
+        peers = self.overlay.control_peers(args)
+        if self.security is None:
+            return peers
+        sessions = {"wow:" + str(s["peer"]): s for s in self.security.peers()}
+        for p in peers:
+            s = sessions.pop(p["address"], None)
+            p["secured"] = bool(s and s["secured"])
+            p["cipher"] = s["cipher"] if s else None
+            p["serial"] = s["serial"] if s else None
+            p["peer_ip"] = s["peer_ip"] if s else None
+        for address, s in sorted(sessions.items()):  # sessions over routed paths
+            peers.append({"address": address, "endpoint": "-", "kind": "routed",
+                          "rtt_ms": None, "age_s": None, "path": "routed",
+                          "secured": s["secured"], "cipher": s["cipher"],
+                          "serial": s["serial"], "peer_ip": s["peer_ip"]})
+        return peers
 
     def _mac_of(self, ip: bytes) -> bytes | None:
         return self.nic.mac_of(ip) if self.nic is not None else None

@@ -124,10 +124,10 @@ class _RootOp:
     """One operation the root coordinates over the replicas."""
 
     __slots__ = ("op", "action", "key", "rec", "client", "rid", "waiting", "votes", "values",
-                 "timer", "done", "replicas", "retried", "msg")
+                 "timer", "done", "replicas", "retried", "msg", "quorum")
 
     def __init__(self, op: int, action: str, key: bytes, rec: Record | None, client: int,
-                 rid: int, replicas: list[int]) -> None:
+                 rid: int, replicas: list[int], quorum: int) -> None:
         self.op = op
         self.action = action
         self.key = key
@@ -135,6 +135,8 @@ class _RootOp:
         self.client = client
         self.rid = rid
         self.replicas = replicas
+        #: How many "ok" votes decide it (see L{Dht.quorum_for}).
+        self.quorum = quorum
         self.waiting = set(replicas)
         self.votes: dict[int, str] = {}
         self.values: dict[tuple[int, int, bytes], Record] = {}
@@ -334,6 +336,23 @@ class Dht:
         nodes.sort(key=lambda a: A.ring_distance(a, target))
         return nodes[: self.k]
 
+    def alone(self) -> bool:
+        """
+        Whether this node is the whole overlay: the seed (no bootstrap
+        configured) before any other node linked to it.
+        """
+        return self.node.params.seed and not self.node.table.links
+
+    def quorum_for(self, replicas: list[int]) -> int:
+        """
+        The "ok" votes an operation over C{replicas} needs: a majority of
+        C{k}, so two creates of one key cannot both win; only the lone seed,
+        the sole replica there is, decides alone.
+        """
+        if replicas == [self.node.me] and self.alone():
+            return 1
+        return self.quorum
+
     def _to(self, dst: int, m: dict[str, Any]) -> None:
         if dst == self.node.me:
             self._on_replica_message(dst, m, self.node.clock())
@@ -393,7 +412,9 @@ class Dht:
 
     def _new_op(self, action: str, key: bytes, rec: Record | None, client: int,
                 rid: int) -> _RootOp:
-        op = _RootOp(self.rng.getrandbits(62), action, key, rec, client, rid, self.replicas(key))
+        replicas = self.replicas(key)
+        op = _RootOp(self.rng.getrandbits(62), action, key, rec, client, rid, replicas,
+                     self.quorum_for(replicas))
         self.root_ops[op.op] = op
         op.timer = self.node.call_later(self.node.params.dht_timeout / 2,
                                         lambda now: self._finish(op, now))
@@ -474,7 +495,8 @@ class Dht:
             if res.owner != rec.owner:
                 return "busy"
         recently = max(self.node.started_at, self.node.near_lost_at)
-        if not self.live(rec.key, now) and now - recently < self.node.params.dht_sync_grace:
+        if (not self.live(rec.key, now) and now - recently < self.node.params.dht_sync_grace
+                and not self.alone()):
             # We just started or lost a near neighbour: we may have become a
             # replica of keys whose records are still on their way to us, so
             # we must not vote "absent".
@@ -487,9 +509,9 @@ class Dht:
         if op.action == "get":
             return False
         if op.action != "create":
-            return sum(1 for v in op.votes.values() if v == "ok") >= self.quorum
+            return sum(1 for v in op.votes.values() if v == "ok") >= op.quorum
         ok = sum(1 for v in op.votes.values() if v == "ok")
-        return ok >= self.quorum or "exists" in op.votes.values()
+        return ok >= op.quorum or "exists" in op.votes.values()
 
     def _finish(self, op: _RootOp, now: float) -> None:
         if op.done:
@@ -530,7 +552,7 @@ class Dht:
             return
         if op.action == "create":
             assert op.rec is not None
-            if oks >= self.quorum:
+            if oks >= op.quorum:
                 for replica in op.replicas:
                     self._to(replica, {"op": "commit", "r": op.op, "rec": op.rec.to_wire()})
                 self._reply(op.client, op.rid, True)
@@ -549,7 +571,7 @@ class Dht:
             return
         # put / delete
         errors = [v for v in op.votes.values() if v != "ok"]
-        if oks >= self.quorum or (oks and oks == len(op.replicas)):
+        if oks >= op.quorum or (oks and oks == len(op.replicas)):
             self._reply(op.client, op.rid, True)
         else:
             self._reply(op.client, op.rid, False, errors[0] if errors else "timeout")

@@ -79,6 +79,11 @@ class OverlayParams:
     dht_republish: float = 120.0
     #: An on-demand link (asked for by the IP router) idle this long is closed.
     ondemand_idle: float = 120.0
+    #: No bootstrap is configured: this node founds the overlay.  While it
+    #: holds no links it is the whole overlay, so it is the sole replica of
+    #: every key and decides DHT creates alone (a lone first node can lease
+    #: addresses); a node told to join somewhere never does.
+    seed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ def params_from_config(overlay: Any) -> OverlayParams:
         dht_max_value=overlay.dht_max_value,
         dht_max_ttl=overlay.dht_max_ttl,
         ondemand_idle=overlay.ondemand_idle,
+        seed=not overlay.bootstrap,
     )
 
 

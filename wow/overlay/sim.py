@@ -101,7 +101,8 @@ class SimNetwork:
         base = lo + (hi - lo) * ((zlib.crc32(f"{src}{dst}".encode()) & 0xFFFF) / 0xFFFF)
         self._push(self.now + base + 0.001 * self.rng.random(), _DELIVER, dst, data, src)
 
-    def add_node(self, bootstrap: list[Endpoint], crypto: ICrypto | None = None) -> OverlayNode:
+    def add_node(self, bootstrap: list[Endpoint], crypto: ICrypto | None = None,
+                 params: OverlayParams | None = None) -> OverlayNode:
         n = self._next_ip
         self._next_ip += 1
         ep = (f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", 4789)
@@ -111,7 +112,7 @@ class SimNetwork:
             crypto,
             send=partial(self._transmit, ep),
             clock=lambda: self.now,
-            params=self.params,
+            params=params or self.params,
             counters=self.counters,
             bootstrap=bootstrap,
             rng=random.Random(self.rng.getrandbits(64)),

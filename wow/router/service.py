@@ -58,6 +58,8 @@ class RouterService(Service):
         tap = getattr(getattr(nic, "config", None), "tap", None)
         #: Plain packets longer than this with DF set get ICMP "fragmentation needed".
         self.mtu: int = getattr(tap, "mtu", 0) or 0
+        #: The security seam (L{wow.security.gate.SecureGate}); None = all in clear.
+        self.gate: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -122,6 +124,13 @@ class RouterService(Service):
     # -- the overlay side ---------------------------------------------------
 
     def _send_to_peer(self, address: int, packet: bytes) -> None:
+        if self.gate is not None:
+            self.gate.outbound(address, packet)  # secured, in clear or dropped
+        else:
+            self.send_data(address, packet)
+
+    def send_data(self, address: int, packet: bytes) -> None:
+        """One data message (a packet in clear, or a secured datagram) to C{address}."""
         msg_id = next(self._ids) & 0xFFFFFFFF
         header = W.DATA_HEADER.pack(msg_id, 0, 1)
         if len(packet) + len(header) > W.MAX_PAYLOAD:
@@ -166,7 +175,11 @@ class RouterService(Service):
         if self.router is None:
             self.counters.inc("ip_dropped", reason="router-down", direction="in")
             return
-        self.router.inbound(src, message, self.reactor.seconds())
+        if self.gate is not None:
+            for packet in self.gate.inbound(src, message):
+                self.router.inbound(src, packet, self.reactor.seconds())
+        else:
+            self.router.inbound(src, message, self.reactor.seconds())
         self.overlay.touch(src)
 
     # -- lookups ------------------------------------------------------------

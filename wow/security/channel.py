@@ -13,6 +13,13 @@ ends can start sessions independently without their generations clashing,
 and records of the old and new session are told apart without trial
 decryption.  The byte is not authenticated: a changed byte sends a record to
 a session whose keys it fails, where it is counted and dropped.
+
+Generations run from L{GEN_FIRST} to L{GEN_LAST} only, so the framing byte
+(0x04-0x3F or 0x84-0xBF) never looks like the first byte of a plain data
+message (an IPv4 packet starts 0x45-0x4F, a compact vnet header uses only
+bits 0x80, 0x40 and 0x03): secured and plain messages share the overlay's
+DATA kind, its pieces and its GSO/GRO fast path, and L{is_secured} tells
+them apart from the first byte.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from wow.security.dtls import DtlsContext, DtlsSession, Role, State
 #: The framing byte's "sent by the session's client" flag.
 FROM_CLIENT = 0x80
 GENERATIONS = 128
+#: The generations in use (see the module docstring).
+GEN_FIRST = 4
+GEN_LAST = 63
 #: Bytes the framing adds to every datagram (the MTU budget counts it).
 FRAME_OVERHEAD = 1
 #: A "session lost" hint starts at most one handshake this often.
@@ -55,6 +65,11 @@ class ChannelParams:
     #: After a failed handshake, wait this long (doubling) before the next.
     retry_initial: float = 2.0
     retry_max: float = 120.0
+
+
+def is_secured(first_byte: int) -> bool:
+    """Whether a data message starting with C{first_byte} is a secured datagram."""
+    return GEN_FIRST <= first_byte & 0x7F <= GEN_LAST
 
 
 def frame(header: int, record: bytes) -> bytes:
@@ -156,7 +171,7 @@ class SecureChannel:
         self.failure: str | None = None
         self.retry_at: float | None = None
         self._retry_delay = self.params.retry_initial
-        self._next_gen = random.randrange(GENERATIONS)
+        self._next_gen = random.randint(GEN_FIRST, GEN_LAST)
         self.closed_reason: str | None = None
         # Cheap per-send test: the smallest limit at which either end rekeys.
         self._rekey_bytes_at = self.params.rekey_bytes
@@ -337,7 +352,7 @@ class SecureChannel:
 
     def _start_client(self, now: float) -> list[bytes]:
         gen = self._next_gen
-        self._next_gen = (gen + 1) % GENERATIONS
+        self._next_gen = gen + 1 if gen < GEN_LAST else GEN_FIRST
         key: SessionKey = (True, gen)
         if key in self.sessions:
             self._discard(key, "replaced")

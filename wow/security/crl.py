@@ -141,7 +141,9 @@ class CrlState:
                 raise CrlError("not-newer", "not newer than the current CRL")
         except CrlError as e:
             self.counters.inc("security_crl_refused", reason=e.reason, source=source)
-            self.log.info("CRL from {source} refused: {reason}", source=source, reason=str(e))
+            if e.reason != "not-newer":  # the same CRL again is routine: counted only
+                self.log.info("CRL from {source} refused: {reason}", source=source,
+                              reason=str(e))
             raise
         old = self.current.revoked if self.current is not None else frozenset()
         self.current = crl

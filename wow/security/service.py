@@ -15,7 +15,10 @@ datagrams to put on the wire go to the injected C{transmit(peer, datagram)}.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,10 +40,19 @@ from wow.security.policy import Policy
 from wow.security.records import Buffer
 
 CERT, KEY, CA, CRL = "host.pem", "host.key", "ca.pem", "crl.der"
-#: How often the installed certificate is checked for enrolment or renewal.
-IDENTITY_CHECK_S = 60.0
+#: How often the installed certificate is checked for enrolment or renewal
+#: (three stat calls; secured traffic waits for it after the first enrolment).
+IDENTITY_CHECK_S = 5.0
 #: A CRL larger than this is refused before parsing.
 MAX_CRL_BYTES = 4 * 2**20
+#: The WOW as a whole fetches the CRL about this often: each node every
+#: (estimated overlay size x this) seconds, jittered, and the first node to
+#: see a newer CRL pushes it to everyone (wow/security/crlflood.py).  So a
+#: revocation reaches every node within seconds at a constant load on the CA
+#: (the chance that no node fetches within 30 s is about e^-10).
+CRL_SHARE_S = 3.0
+#: No node fetches more often than this.
+MIN_CRL_PERIOD_S = 10.0
 
 Transmit = Callable[[bytes, bytes], None]
 Fetch = Callable[[str], "Deferred[bytes]"]
@@ -92,6 +104,16 @@ def crl_url(config: NodeConfig) -> str:
     return ""
 
 
+def ca_virtual_ip(config: NodeConfig) -> ipaddress.IPv4Address | None:
+    """The CA's address when C{[ca] url} names a virtual IP literally, else None."""
+    host = urlsplit(config.ca.url).hostname if config.ca.url else None
+    try:
+        ip = ipaddress.IPv4Address(host or "")
+    except ValueError:
+        return None
+    return ip if ip in config.network.network else None
+
+
 def http_fetch(reactor: Any, ca_pem: bytes | None, timeout: float = 30.0) -> Fetch:
     """A C{Fetch} over twisted.web (HTTPS verified against the WOW's CA)."""
     from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -139,8 +161,17 @@ class SecurityService(Service):
         local_address: bytes,
         transmit: Transmit,
         fetch: Fetch | None = None,
+        address_of: Callable[[], int | None] | None = None,
+        size_of: Callable[[], int] | None = None,
     ) -> None:
+        """
+        @param address_of: the overlay address, known only once the overlay
+            runs (the node passes this and an empty C{local_address}).
+        """
         self.config = config
+        self._address_of = address_of
+        #: The overlay's estimated number of nodes (sets the CRL fetch period).
+        self._size_of = size_of
         self.reactor = reactor
         self.counters = counters
         self.local_address = local_address
@@ -148,6 +179,12 @@ class SecurityService(Service):
         self._fetch = fetch
         sec = config.security
         self.policy = Policy.from_config(sec, config.network)
+        ca_ip = ca_virtual_ip(config)
+        if ca_ip is not None and sec.enabled and not self.policy.is_public(ca_ip):
+            # Enrolment runs over the virtual network, before a certificate
+            # exists: the CA's virtual IP is reachable in clear (EST is TLS).
+            self.policy = Policy([str(n) for n in self.policy.secure_subnets],
+                                 [*sec.public_nodes, str(ca_ip)], sec.enabled)
         self.params = ChannelParams(
             rekey_interval=float(sec.rekey_interval),
             rekey_bytes=sec.rekey_bytes,
@@ -164,6 +201,8 @@ class SecurityService(Service):
         self._crl_call: IDelayedCall | None = None
         self._watch_call: IDelayedCall | None = None
         self._installed: tuple[tuple[int, int], ...] | None = None
+        #: Told C{(der, source)} of every CRL adopted (the overlay flood listens).
+        self.crl_listeners: list[Callable[[bytes, str], None]] = []
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -173,6 +212,10 @@ class SecurityService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        if self._address_of is not None:
+            address = self._address_of()
+            if address is not None:
+                self.local_address = address.to_bytes(20, "big")
         if self.config.security.enabled:
             self._watch()
 
@@ -332,13 +375,47 @@ class SecurityService(Service):
         try:
             update = self.crl.offer(der, self.reactor.seconds(), source)
         except CrlError as e:
-            self.crl_error = str(e)
+            if e.reason != "not-newer":  # the same CRL again is the normal case
+                self.crl_error = str(e)
+            elif source == "fetch":
+                self.crl_error = None
             return False
         self.crl_error = None
         if update.newly_revoked and self.manager is not None:
             for peer, datagram in self.manager.revoke(update.newly_revoked):
                 self._send_out(peer, datagram)
+        for listener in self.crl_listeners:
+            try:
+                listener(der, source)
+            except Exception:
+                self.log.failure("security: CRL listener failed")
         return True
+
+    def crl_period(self) -> float:
+        """
+        Seconds to the next regular CRL fetch: the overlay's size times
+        L{CRL_SHARE_S}, at least L{MIN_CRL_PERIOD_S}, jittered by ±50 %,
+        never more than C{crl_refresh}.
+        """
+        longest = float(self.config.security.crl_refresh)
+        size = 1
+        if self._size_of is not None:
+            try:
+                size = max(1, int(self._size_of()))
+            except Exception:
+                size = 1
+        period = max(MIN_CRL_PERIOD_S, CRL_SHARE_S * size) * random.uniform(0.5, 1.5)
+        return min(longest, max(MIN_CRL_PERIOD_S, period))
+
+    def current_crl(self) -> bytes | None:
+        """The DER of the CRL in force (as kept in the state directory), if any."""
+        if self.crl is None or self.crl.current is None:
+            return None
+        try:
+            with open(os.path.join(self.config.node.state_dir, CRL), "rb") as f:
+                return f.read(MAX_CRL_BYTES)
+        except OSError:
+            return None
 
     def _schedule_crl(self, when: float) -> None:
         if not crl_url(self.config):
@@ -364,6 +441,7 @@ class SecurityService(Service):
             self.counters.inc("security_crl_fetches", outcome="ok")
             self.offer_crl(der, "fetch")
             current = self.crl.current if self.crl is not None else None
+            self.crl_schedule.refresh = self.crl_period()
             self._schedule_crl(self.crl_schedule.fetched(self.reactor.seconds(), current))
 
         def failed(failure: Any) -> None:
@@ -400,6 +478,26 @@ class SecurityService(Service):
         }
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """The flat C{security} section of C{wow status}: certificate and CRL state."""
+        status = self.status()
+        cert = status.get("certificate") or {}
+        crl = status["crl"]
+        channels = self.manager.channels.values() if self.manager is not None else ()
+        return {
+            "enabled": status["enabled"],
+            "certificate": status["state"] if not cert else
+            ("REVOKED" if cert["revoked"] else "valid"),
+            "serial": cert.get("serial"),
+            "subject": cert.get("subject"),
+            "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert["not_after"]))
+            if cert else None,
+            "crl_number": crl["number"],
+            "crl_revoked": crl["revoked"],
+            "crl_error": crl["error"],
+            "secured_peers": sum(1 for c in channels if c.current is not None),
+        }
+
     def peers(self, args: dict[str, Any] | None = None) -> list[dict[str, object]]:
         """Per peer: secured or not, cipher, certificate serial (for C{wow peers})."""
         return self.manager.peers() if self.manager is not None else []
@@ -408,4 +506,4 @@ class SecurityService(Service):
         """Expose C{security} (and C{security-peers}) on the control socket."""
         control.register("security", lambda args: {"status": self.status(), "peers": self.peers()})
         if status_board is not None:
-            status_board.contribute("security", self.status)
+            status_board.contribute("security", self.summary)

@@ -69,7 +69,8 @@ class TapSection:
     offload: bool = True
     #: true = packets on established routes move between the TAP and the
     #: overlay socket on a thread of their own (wow/node/dataplane.py): a
-    #: third of the round trip of the reactor path on an idle node.
+    #: third of the round trip of the reactor path on an idle node.  Used
+    #: only with [security] enabled = false (it moves packets in clear).
     dataplane: bool = True
 
     def validate(self) -> None:

@@ -308,3 +308,23 @@ class PlainFlowStampTests(SynchronousTestCase):
         for junk in (b"\x80" + b"\x17\xfe\xfd" * 20, b"", b"\x45" * 10):
             svc._sent_plain(junk, 0)
         self.assertEqual(len(svc.plain_data_sent), 2)
+
+
+class NodeWiringTests(SynchronousTestCase):
+    """The node adds its data plane only for packets in clear ([security] off)."""
+
+    def node(self, security: bool, dataplane: bool = True) -> Any:
+        from twisted.internet.task import Clock
+
+        from wow.node.config import NodeConfig, NodeSection, SecuritySection, TapSection
+        from wow.node.service import NodeService
+
+        config = NodeConfig(node=NodeSection(state_dir=self.mktemp()),
+                            tap=TapSection(dataplane=dataplane),
+                            security=SecuritySection(enabled=security))
+        return NodeService(config, Clock())
+
+    def test_wiring(self) -> None:
+        self.assertIsInstance(getattr(self.node(False), "dataplane", None), DataPlane)
+        self.assertIsNone(getattr(self.node(True), "dataplane", None))
+        self.assertIsNone(getattr(self.node(False, dataplane=False), "dataplane", None))

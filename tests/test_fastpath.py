@@ -343,6 +343,11 @@ class NicSplitTests(SynchronousTestCase):
         arp[12 + 12:12 + 14] = b"\x08\x06"
         self.assertFalse(for_router(bytes(arp), 12, gw))
         self.assertFalse(for_router(b"\0" * 20, 12, gw))
+        # with the router MAC: only frames sent to it (a bridge floods others' too)
+        self.assertTrue(for_router(buf, 12, gw, tcp[:6]))
+        self.assertFalse(for_router(buf, 12, gw, b"\xfe" * 6))
+        # a plain TAP: the same rule at offset 0
+        self.assertTrue(for_router(tcp, 0, gw, tcp[:6]))
 
     def test_plain_frame_finishes_checksums(self) -> None:
         h, frame = udp_frame(b"dns?")

@@ -102,7 +102,20 @@ class FastPathTests(SynchronousTestCase):
         self.assertGreater(back["end"]["sum_received"]["bytes"], 1_000_000)
 
     def test_frag_needed(self) -> None:
-        nodes, ips = self._pair((False, False))
+        self._frag_needed(False)
+
+    def test_frag_needed_offload(self) -> None:
+        """The same through offloading TAPs (the default) and the data plane thread."""
+        self._frag_needed(True)
+        # and full-MTU packets with DF still cross
+        nodes, ips = self.nodes, self.ips
+        ok = nodes[0].run("ping", "-c", "2", "-W", "2", "-s", "1332", "-M", "do", ips[1],
+                          check=False)
+        self.assertEqual(ok.returncode, 0, ok.stdout)
+
+    def _frag_needed(self, offload: bool) -> None:
+        nodes, ips = self._pair((offload, offload))
+        self.nodes, self.ips = nodes, ips
         # the host sends 1400-byte packets with DF on a 1360 TAP: ICMP
         # "fragmentation needed" with MTU 1360 comes back from the gateway
         tap = nodes[0].tap

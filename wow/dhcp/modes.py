@@ -192,7 +192,7 @@ class RelayNicService(NicService):
 
     # -- is the DHCP server's host on this TAP? -----------------------------
 
-    def _frame_received(self, frame: bytes) -> None:
+    def _host_frame(self, frame: bytes) -> None:
         """Watch ARP from the host: the DHCP server's address seen here is ours."""
         if self.server_ip is not None and frame[12:14] == b"\x08\x06":
             try:
@@ -206,7 +206,7 @@ class RelayNicService(NicService):
                                       ip=arp.sender_ip, mac=arp.sender_mac.hex(":"))
                     self.agent.host_address_seen(arp.sender_ip, arp.sender_mac,
                                                  SERVER_PROBE_EVERY * 3)
-        super()._frame_received(frame)
+        super()._host_frame(frame)
 
     def _probe_server(self) -> None:
         """Ask the host (ARP who-has) whether it is the DHCP server; again later."""

@@ -14,6 +14,7 @@ header before frames the node builds itself.
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from collections.abc import Sequence
 
@@ -23,7 +24,13 @@ from wow.datapath import vnet
 from wow.datapath.tapoffload import OffloadTap
 from wow.datapath.tapoffload import TapError as OffloadTapError
 from wow.metrics import Counters
-from wow.nic.tap import ITapDevice, ITapSyscalls, TapError, check_tap_prerequisites
+from wow.nic.tap import (
+    ITapDevice,
+    ITapSyscalls,
+    TapError,
+    check_tap_prerequisites,
+    open_error,
+)
 
 _BCAST = b"\xff\xff\xff\xff"
 
@@ -78,6 +85,10 @@ class OffloadSyscalls:
         try:
             tap.open()
         except OffloadTapError as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.EBUSY, errno.EINVAL,
+                                                                errno.EPERM):
+                raise open_error(name, cause.errno, cause.strerror) from None
             raise TapError(str(e)) from None
         r = subprocess.run(["ip", "link", "set", "dev", tap.name, "mtu", str(mtu), "address",
                             hwaddr.hex(":"), "up"], capture_output=True, text=True)
@@ -87,14 +98,19 @@ class OffloadSyscalls:
         return OffloadDevice(tap)
 
 
-def for_router(buf: bytes, vlen: int, gateway: bytes) -> bool:
+def for_router(buf: bytes, vlen: int, gateway: bytes, router_mac: bytes | None = None
+               ) -> bool:
     """
-    Whether the frame in C{buf} (after C{vlen} header bytes) is an IPv4
-    packet for the IP router: unicast, not to the gateway, not DHCP.
-    Only fixed offsets are read: the rest is the router's business.
+    Whether the frame in C{buf} (after C{vlen} header bytes; 0 for a plain
+    TAP) is an IPv4 packet for the IP router: sent to the router's MAC
+    (when given; a bridge floods other hosts' frames to the TAP too),
+    unicast, not to the gateway, not DHCP.  Only fixed offsets are read: the
+    rest is the router's business; every other frame is the dispatcher's.
     """
     f = vlen
     if len(buf) < f + 34 or buf[f + 12:f + 14] != b"\x08\x00":
+        return False
+    if router_mac is not None and buf[f:f + 6] != router_mac:
         return False
     dst = buf[f + 30:f + 34]
     if dst == gateway or dst == _BCAST or buf[f + 30] >= 224:

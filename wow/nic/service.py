@@ -26,6 +26,7 @@ from wow.net.ethernet import ETH_P_IP, EthernetFrame, build_ethernet
 from wow.nic.arp import ArpResponder
 from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
 from wow.nic.offload import OffloadSyscalls, for_router, plain_frame
+from wow.router.messages import from_tap
 from wow.nic.tap import (
     ITapDevice,
     ITapSyscalls,
@@ -148,15 +149,19 @@ class NicService(Service):
         return int(getattr(self.device, "vnet_hdr_len", 0))
 
     def _frame_received(self, frame: bytes) -> None:
+        """
+        One buffer read from the TAP (with its vnet header on an offloading
+        TAP): IPv4 for the router goes to it as a message, whatever the TAP
+        (L{wow.router.messages}: a plain TAP's packets are bare messages);
+        every other frame, bare, to the dispatcher.
+        """
         assert self.dispatcher is not None
         vlen = self.vnet_hdr_len
+        if self.fast_route is not None and for_router(
+                frame, vlen, self.config.network.gateway_address.packed, self.router_mac):
+            self.fast_route(from_tap(frame, vlen))
+            return
         if vlen:
-            if self.fast_route is not None and for_router(
-                    frame, vlen, self.config.network.gateway_address.packed):
-                from wow.router.messages import from_tap
-
-                self.fast_route(from_tap(frame, vlen))
-                return
             try:
                 plain = plain_frame(frame, vlen)
             except ValueError:
@@ -166,6 +171,11 @@ class NicService(Service):
                 self.counters.inc("frames_dropped", reason="superframe-not-routed")
                 return
             frame = plain
+        self._host_frame(frame)
+
+    def _host_frame(self, frame: bytes) -> None:
+        """A bare Ethernet frame from the host (no vnet header) for the dispatcher."""
+        assert self.dispatcher is not None
         self.dispatcher.frame_received(frame)
 
     def stopService(self) -> None:

@@ -117,6 +117,17 @@ def load_host_mac(path: str) -> bytes:
     return mac
 
 
+def open_error(name: str, code: int | None, detail: object) -> TapError:
+    """The one sentence for a TAP that could not be created (errno C{code})."""
+    if code == errno.EBUSY:
+        return TapError(f"the TAP device {name} is in use by another process")
+    if code == errno.EINVAL:
+        return TapError(f"the interface name {name} is already used by a device that is not a TAP")
+    if code == errno.EPERM:
+        return TapError(f"permission denied creating the TAP device {name} (run as root)")
+    return TapError(f"cannot create the TAP device {name}: {detail}")
+
+
 @implementer(ITapDevice)
 class _PytunDevice:
     def __init__(self, dev: object) -> None:
@@ -152,18 +163,7 @@ class PytunSyscalls:
         try:
             dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
         except pytun.Error as e:
-            code = e.args[0] if e.args else None
-            if code == errno.EBUSY:
-                raise TapError(f"the TAP device {name} is in use by another process") from None
-            if code == errno.EINVAL:
-                raise TapError(
-                    f"the interface name {name} is already used by a device that is not a TAP"
-                ) from None
-            if code == errno.EPERM:
-                raise TapError(
-                    f"permission denied creating the TAP device {name} (run as root)"
-                ) from None
-            raise TapError(f"cannot create the TAP device {name}: {e.args[-1]}") from None
+            raise open_error(name, e.args[0] if e.args else None, e.args[-1]) from None
         try:
             dev.mtu = mtu
             dev.hwaddr = hwaddr
@@ -218,13 +218,17 @@ class TapPort(FileDescriptor):
                                name=self.device.name, error=e)
                 self.stopReading()
                 return
-            self.counters.inc("tap_frames_read")
-            self.counters.inc("tap_bytes_read", len(frame))
-            try:
-                self.on_frame(frame)
-            except Exception:
-                self.counters.inc("frames_dropped", reason="handler-error")
-                self.log.failure("frame handler failed")
+            self.deliver(frame)
+
+    def deliver(self, frame: bytes) -> None:
+        """One frame read from the device (here or by the node's data plane thread)."""
+        self.counters.inc("tap_frames_read")
+        self.counters.inc("tap_bytes_read", len(frame))
+        try:
+            self.on_frame(frame)
+        except Exception:
+            self.counters.inc("frames_dropped", reason="handler-error")
+            self.log.failure("frame handler failed")
 
     def write_frame(self, frame: bytes) -> None:
         try:

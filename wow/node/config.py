@@ -65,7 +65,13 @@ class TapSection:
     enabled: bool = True
     #: true = IFF_VNET_HDR + TSO offloads on the TAP and UDP GSO/GRO on the
     #: overlay socket: super-frames move as one overlay message (docs/architecture.md).
-    offload: bool = False
+    #: On by default; a kernel that refuses the offloads gets a plain TAP anyway.
+    offload: bool = True
+    #: true = packets on established routes move between the TAP and the
+    #: overlay socket on a thread of their own (wow/node/dataplane.py): a
+    #: third of the round trip of the reactor path on an idle node.  Used
+    #: only with [security] enabled = false (it moves packets in clear).
+    dataplane: bool = True
 
     def validate(self) -> None:
         if not self.name or len(self.name) > MAX_IFNAME:

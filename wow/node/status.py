@@ -46,4 +46,5 @@ class StatusBoard:
         return d.addCallback(combine)
 
     def counters_snapshot(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.counters.refresh()  # counts kept as plain ints on hot paths, gauges
         return self.counters.snapshot()

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from wow import __version__
 from wow.datapath import pieces as P
-from wow.datapath import udpgso
+from wow.datapath import udpgso, vnet
 from wow.metrics import Counters
 from wow.overlay import datapath as D
 from wow.overlay import address as A
@@ -115,6 +115,11 @@ class OverlayService(Service):
         #: Plain ints on the hot path, moved into the counters on each read.
         self._io = [0, 0, 0, 0]  # datagrams in, bytes in, datagrams out, bytes out
         self._io_reported = [0, 0, 0, 0]
+        #: When this node last sent plaintext DATA of each flow (source +
+        #: destination IPv4, 8 bytes) through the overlay: the node's data
+        #: plane takes only those flows and their reverse, so traffic the
+        #: security layer seals never sees it.
+        self.plain_data_sent: dict[bytes, float] = {}
         self.counters.add_refresher(self._refresh_metrics)
         #: Extra UDP ports for birthday probing, by socket index.
         self._aux: dict[int, Any] = {}
@@ -132,6 +137,8 @@ class OverlayService(Service):
     def send_to(self, address: int, kind: int, payload: bytes, mode: int = W.EXACT) -> bool:
         if self.node is None:
             return False
+        if kind == W.DATA and payload[4:8] == b"\0\0\0\x01":  # a whole message
+            self._sent_plain(payload, W.DATA_HEADER.size)
         return self.node.send_to(address, kind, payload, mode)
 
     def send_message(self, address: int, kind: int, msg_id: int, message: bytes) -> bool:
@@ -143,6 +150,8 @@ class OverlayService(Service):
         node = self.node
         if node is None:
             return False
+        if kind == W.DATA:
+            self._sent_plain(message, 0)
         link = node.table.links.get(address)
         if link is not None and self.gso is not None and kind == W.DATA and link.sock == 0:
             buf, seg = D.pack_for_link(node.me, address, node.params.ttl, msg_id, message)
@@ -158,6 +167,30 @@ class OverlayService(Service):
             if not node.send_to(address, kind, piece):
                 return False
         return True
+
+    def _sent_plain(self, buf: bytes, at: int) -> None:
+        """
+        Stamp the flow (source and destination IPv4 address, 8 bytes) of the
+        plaintext DATA message at C{buf[at:]}: the node's data plane takes
+        only flows the router sent in clear lately (and their reverse), so
+        traffic the security layer seals never takes it.
+        """
+        b0 = buf[at] if len(buf) > at else 0
+        if not 0x45 <= b0 <= 0x4F:  # a compact vnet header first
+            try:
+                _, used = vnet.from_wire(memoryview(buf)[at:])
+            except vnet.VnetError:
+                return
+            at += used
+            if len(buf) <= at or not 0x45 <= buf[at] <= 0x4F:
+                return
+        if len(buf) < at + 20:
+            return
+        key = bytes(buf[at + 12:at + 20])
+        sent = self.plain_data_sent
+        if len(sent) > 4096 and key not in sent:
+            sent.clear()
+        sent[key] = self.reactor.seconds()
 
     def has_link(self, address: int) -> bool:
         return self.node is not None and self.node.has_link(address)
@@ -274,11 +307,8 @@ class OverlayService(Service):
     # -- I/O ------------------------------------------------------------------
 
     def received(self, data: bytes, addr: Endpoint) -> None:
-        io = self._io
-        io[0] += 1
-        io[1] += len(data)
-        if self.node is not None:
-            self.node.datagram_received(data, addr, self.reactor.seconds())
+        """One datagram from Twisted's own reader (a socket without UDP GRO)."""
+        self.read_item(data, 0, addr, self.reactor.seconds() if self.node is not None else 0.0)
 
     def _enable_offloads(self) -> None:
         """UDP GSO for sends to direct links, UDP GRO for receives (docs/architecture.md)."""
@@ -299,24 +329,33 @@ class OverlayService(Service):
         if node is None or gso is None:
             return
         now = self.reactor.seconds()
-        me = A.to_bytes(node.me)
-        io = self._io
         for data, seg, raw_addr in gso.recv_batch():
-            addr = (raw_addr[0], raw_addr[1])
-            io[0] += -(-len(data) // seg) if seg else 1
-            io[1] += len(data)
-            if not seg or len(data) <= seg:
-                node.datagram_received(data, addr, now)
-                continue
-            if self.fast_data is not None:
-                burst = D.take_burst(data, seg, me, D.linked_address(node, addr))
-                if burst is not None:
-                    self._fast_burst(burst, addr, now)
-                    if burst.end >= len(data):
-                        continue
-                    data = data[burst.end:]
-            for d in udpgso.split(data, seg):
-                node.datagram_received(bytes(d), addr, now)
+            self.read_item(data, seg, raw_addr, now)
+
+    def read_item(self, data: bytes, seg: int, raw_addr: Any, now: float) -> None:
+        """
+        One read from the socket (here or by the node's data plane thread):
+        a datagram (C{seg} 0) or a GRO burst of C{seg}-byte datagrams.
+        """
+        io = self._io
+        io[0] += -(-len(data) // seg) if seg else 1
+        io[1] += len(data)
+        node = self.node
+        if node is None:
+            return
+        addr = (raw_addr[0], raw_addr[1])
+        if not seg or len(data) <= seg:
+            node.datagram_received(data, addr, now)
+            return
+        if self.fast_data is not None:
+            burst = D.take_burst(data, seg, A.to_bytes(node.me), D.linked_address(node, addr))
+            if burst is not None:
+                self._fast_burst(burst, addr, now)
+                if burst.end >= len(data):
+                    return
+                data = data[burst.end:]
+        for d in udpgso.split(data, seg):
+            node.datagram_received(bytes(d), addr, now)
 
     def _fast_burst(self, burst: D.Burst, addr: Endpoint, now: float) -> None:
         node = self.node

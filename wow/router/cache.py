@@ -92,6 +92,16 @@ class AddressCache:
             return False, None
         return True, address
 
+    def fresh(self, ip: bytes, now: float) -> bytes | None:
+        """
+        The unexpired overlay address cached for C{ip}, changing nothing:
+        one dictionary read, safe from the node's data plane thread.
+        """
+        entry = self._entries.get(ip)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
     def route(self, ip: bytes, packet: bytes, now: float) -> tuple[Outcome, bytes | None]:
         """
         Decide what to do with C{packet} for C{ip}.

@@ -77,7 +77,7 @@ class Harness:
             test.addCleanup(s.close)
         self.peer_ep = self.peer.getsockname()
         self.link = SimpleNamespace(address=PEER, endpoint=self.peer_ep, last_sent=0.0,
-                                    last_recv=0.0)
+                                    last_recv=0.0, sock=0)
         self.node = SimpleNamespace(me=ME, table=SimpleNamespace(links={PEER: self.link}),
                                     by_endpoint={self.peer_ep: self.link},
                                     params=SimpleNamespace(ttl=16), ondemand={PEER: 0.0})
@@ -161,6 +161,9 @@ class DecisionTests(SynchronousTestCase):
         h.overlay.plain_data_sent[LOCAL + REMOTE] = NOW - PLAIN_FOR - 1
         self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "no plaintext lately")
         h.overlay.plain_data_sent[LOCAL + REMOTE] = NOW
+        h.link.sock = 3
+        self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "link on a birthday socket")
+        h.link.sock = 0
         del h.node.table.links[PEER]
         self.assertFalse(h.dp._out(eth(ipv4(LOCAL, REMOTE)), NOW), "no direct link")
         self.assertEqual(h.sent(), [])

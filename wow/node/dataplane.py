@@ -394,7 +394,10 @@ class DataPlane(Service):
         link = self._links.get(address)
         flow = message[off + 12:off + 20]
         plain_at = self._plain.get(flow, _NEVER)
-        if link is None or plain_at <= now - PLAIN_FOR:
+        if link is None or link.sock or plain_at <= now - PLAIN_FOR:
+            # No link, a link on a birthday-probing socket (its NAT mapping
+            # belongs to that socket: the overlay sends), or a flow not sent
+            # in clear lately: the reactor decides.
             return False
         if self._mtu and len(message) - off > self._mtu and message[0] & 0x80 == 0:
             return False  # not a GSO super-frame: the router answers "fragmentation needed"

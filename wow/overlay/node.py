@@ -316,12 +316,29 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             self._drop("internal-error", addr)
 
     def _tell_unlinked(self, hdr: W.Header, addr: Endpoint, now: float) -> None:
-        """A peer thinks it has a link we do not: tell it (it will re-handshake)."""
+        """
+        A peer thinks it has a link we do not: tell it (it will re-handshake).
+
+        The datagram may be one the peer forwards for someone else, so
+        C{hdr.src} need not be the peer: we look the handshake up by
+        endpoint, and the CLOSE goes to "whoever is at C{addr}" (dst 0).
+        """
         ans = self.answering.get(hdr.src)
-        if ans is not None and ans.endpoint == addr:
-            return  # overtook its CONFIRM; the peer will repeat what matters
+        if ans is None or ans.endpoint != addr:
+            ans = next((a for a in self.answering.values() if a.endpoint == addr), None)
+        if ans is not None:
+            # The peer finished its side: its traffic overtook its CONFIRM,
+            # or the CONFIRM was lost -- then nothing would repeat it, and the
+            # link stays open at the peer's end only (it routes into a hole)
+            # until our answer expires.  Repeat our REPLY: the peer answers a
+            # REPLY for its live link with its CONFIRM again.
+            if now - max(ans.sent_at, ans.repeated_at) >= self.params.hello_retry:
+                ans.repeated_at = now
+                self.counters.inc("overlay_reply_repeated")
+                self._raw(ans.reply, addr, ans.sock)
+            return
         if hdr.kind != W.CLOSE:
-            self._raw(W.pack(W.LOCAL, W.CLOSE, 1, 0, self.me, hdr.src,
+            self._raw(W.pack(W.LOCAL, W.CLOSE, 1, 0, self.me, 0,
                              W.encode({"r": "no-link"})), addr)
 
     def _on_link_message(self, hdr: W.Header, payload: bytes, addr: Endpoint,
@@ -335,7 +352,7 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             self._on_confirm(hdr, payload, addr, now)
         elif kind == W.REFUSE:
             self._on_refuse(hdr, payload, addr, now)
-        elif link is None or hdr.src != link.address or hdr.dst != self.me:
+        elif link is None or hdr.src != link.address or hdr.dst not in (self.me, 0):
             self._drop("not-linked", addr)
             self._tell_unlinked(hdr, addr, now)
         else:

@@ -611,10 +611,35 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         age = now - self.started_at
         if not self.table.links:
             self._join(now)
-        elif len(self.table.links) < 2 * self.table.near or age < 60:
-            self._send_join(now)
+        else:
+            if len(self.table.links) < 2 * self.table.near or age < 60:
+                self._send_join(now)
+            self._join_from_afar(now)
         delay = self.params.join_retry if age >= 30 else 3.0 + age / 2
         self.call_later(delay * self.rng.uniform(0.8, 1.2), self._join_check)
+
+    def _join_from_afar(self, now: float) -> None:
+        """
+        Look our own address up starting at a random far link.
+
+        Neighbour lists only repair a ring locally: nodes can settle in two
+        interleaved rings (each node's near set consistent, every true
+        neighbour in the other ring) that no neighbour list ever mentions,
+        and a lookup that starts here ends at once in our own ring.  Started
+        far away, greedy routing reaches the node closest to us in whichever
+        ring the path enters; that node links to us (or sends its list), and
+        the rings merge from there (tests/test_overlay_sim.py, seed 16).
+        """
+        near = self.table.near_set()
+        far = [a for a in self.table.links if a not in near]
+        eps = self._endpoints()
+        if not far or not eps:
+            return
+        link = self.table.links[self.rng.choice(far)]
+        payload = W.encode({"op": "ctm", "e": eps, "j": True})
+        link.last_sent = now
+        self._raw(W.pack(W.CLOSEST_OTHER, W.CTRL, self.params.ttl - 1, 1, self.me, self.me,
+                         payload), link.endpoint, link.sock)
 
     def _stabilize(self, now: float) -> None:
         for a in self.table.near_set():

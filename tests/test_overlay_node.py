@@ -383,3 +383,29 @@ class HalfOpenLinkTests(SynchronousTestCase):
         # y dropped it: the link stayed open at y's end only).
         net.run_until(net.now + 0.2)
         self.assertGreaterEqual(net.counters.get("overlay_links_down", reason="closed-by-peer"), 1)
+
+
+class RingMergeTests(SynchronousTestCase):
+    def test_interleaved_rings_merge(self) -> None:
+        """
+        Two rings whose addresses alternate, joined by one far link: every
+        near set is consistent, so neighbour lists alone never repair it (the
+        state seed 16 of tests/test_overlay_sim.py settled in); lookups of
+        our own address from a far link merge them.
+        """
+        net = SimNetwork(seed=2, latency=(0.01, 0.05))
+        cryptos = sorted((SimulatedCrypto(net.rng) for _ in range(24)), key=lambda c: c.address)
+        firsts = []
+        for members in (cryptos[0::2], cryptos[1::2]):
+            first = net.add_node([], crypto=members[0])
+            firsts.append(first)
+            for crypto in members[1:]:
+                net.run_until(net.now + 0.2)
+                net.add_node([net.endpoint(first)], crypto=crypto)
+        net.run_until(net.now + 30)
+        self.assertEqual(net.ring_errors(), 24)
+        a, b = firsts[0], net.by_address[cryptos[13].address]
+        a.dial(net.endpoint(b), b.me, owned=True)
+        net.poke(a)
+        net.run_until(net.now + 60)
+        self.assertEqual(net.ring_errors(), 0)

@@ -182,6 +182,8 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         self._near_snapshot: frozenset[int] = frozenset()
         self.near_changed_at = 0.0
         self.near_lost_at = 0.0
+        #: When we last looked our address up from a far link (ring merge).
+        self._far_join_at = -1e9
         self._finger_count = 0
         self.started_at = 0.0
         self.running = False
@@ -612,9 +614,11 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         if not self.table.links:
             self._join(now)
         else:
-            if len(self.table.links) < 2 * self.table.near or age < 60:
+            young = len(self.table.links) < 2 * self.table.near or age < 60
+            if young:
                 self._send_join(now)
-            self._join_from_afar(now)
+            if young or now - self._far_join_at >= 3 * self.params.join_retry:
+                self._join_from_afar(now)
         delay = self.params.join_retry if age >= 30 else 3.0 + age / 2
         self.call_later(delay * self.rng.uniform(0.8, 1.2), self._join_check)
 
@@ -635,6 +639,7 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         eps = self._endpoints()
         if not far or not eps:
             return
+        self._far_join_at = now
         link = self.table.links[self.rng.choice(far)]
         payload = W.encode({"op": "ctm", "e": eps, "j": True})
         link.last_sent = now

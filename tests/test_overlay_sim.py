@@ -22,7 +22,7 @@ trajectory: 0.1 % datagram loss, which nodes crash when):
   it time out).  Not a protocol defect: joiners here bootstrap from nodes
   that stay.
 - seeds 1 and 3 (before hole punching) lost a value or kept a ring error;
-  they pass now, as do seeds 1-56 with this churn.
+  they pass now, as do seeds 1-40 with this churn.
 
 A value is physically lost only when every node holding a copy crashed
 before re-replication copied it on: a dead replica is noticed once its link
@@ -32,9 +32,9 @@ nodes that never happens in these seeds; with 50 crashes 0.5 s apart
 (L{test_heavy_churn}) seed 9 loses 3 values (holders dead at 36.95, 42.95,
 45.95 s: 9 s apart; and 36.45, 38.95, 43.95 s) and seed 15 loses 3 -- and in
 seeds 1-30 every lost value (14 of 3000) was one with no live copy left, each
-time all its holders dead within 18.5 s.  So the check is exact: every value of which some
-live node held a copy throughout is read back, and a value with no copy left
-had all its holders crash within that window.
+time all its holders dead within 18.5 s.  So the check is exact: every value
+of which some live node held a copy throughout is read back, and a value with
+no copy left had all its holders crash within that window.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ routing modes and every kind of bad input, on the in-memory network.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -326,3 +327,85 @@ class PayloadFuzzTests(SynchronousTestCase):
         n.datagram_received(W.pack(mode, kind, 4, 0, src, n.me, W.encode(m)), ep, net.now)
         net.run_until(net.now + 0.01)
         self.assertEqual(net.counters.get("overlay_dropped", reason="internal-error"), 0)
+
+
+class HalfOpenLinkTests(SynchronousTestCase):
+    """A link must not stay open at one end only (it routes into a hole)."""
+
+    def test_lost_confirm_is_repeated(self) -> None:
+        net = SimNetwork(seed=5, params=PARAMS, real_crypto=True)
+        transmit = net._transmit
+        lost = []
+
+        def lose_first_confirm(src: Any, data: bytes, dst: Any) -> None:
+            if not lost and data[1] == (W.LOCAL << 6) | W.CONFIRM:
+                lost.append(data)
+                return
+            transmit(src, data, dst)
+
+        net._transmit = lose_first_confirm  # type: ignore[method-assign]
+        a = net.add_node([])
+        b = net.add_node([net.endpoint(a)])
+        net.run_until(1.0)
+        self.assertEqual(len(lost), 1)
+        self.assertIn(a.me, b.table.links)
+        self.assertNotIn(b.me, a.table.links)  # the dialler's end only
+        # b's first keepalive reaches a, which repeats its REPLY; b answers
+        # with its CONFIRM again (before, a waited 10 s for its answer to
+        # expire, then closed b's link).
+        net.run_until(net.now + PARAMS.keepalive + 1.5)
+        self.assertIn(b.me, a.table.links)
+        self.assertIn(a.me, b.table.links)
+        self.assertEqual(net.counters.get("overlay_reply_repeated"), 1)
+        self.assertEqual(net.counters.get("overlay_confirm_repeated"), 1)
+
+    def test_no_link_close_reaches_the_forwarding_peer(self) -> None:
+        net = ring(3, real_crypto=False)
+        x, y, z = net.by_address.values()
+        sent: list[tuple[bytes, Any]] = []
+        send = x._send
+
+        def record(data: bytes, dst: Any) -> None:
+            sent.append((data, dst))
+            send(data, dst)
+
+        x._send = record
+        # y forwards z's message over a link x does not know (x restarted,
+        # say): x answers CLOSE no-link to whoever is at y's endpoint ...
+        del x.by_endpoint[net.endpoint(y)]
+        x.table.remove(y.me)
+        x.datagram_received(W.pack(W.EXACT, W.APP_FIRST, 9, 1, z.me, x.me, b""),
+                            net.endpoint(y), net.now)
+        (data, dst), = sent
+        hdr, _ = W.unpack(data)
+        self.assertEqual((hdr.kind, hdr.src, hdr.dst, dst), (W.CLOSE, x.me, 0, net.endpoint(y)))
+        # ... and y takes it down (it was addressed to z's address before, and
+        # y dropped it: the link stayed open at y's end only).
+        net.run_until(net.now + 0.2)
+        self.assertGreaterEqual(net.counters.get("overlay_links_down", reason="closed-by-peer"), 1)
+
+
+class RingMergeTests(SynchronousTestCase):
+    def test_interleaved_rings_merge(self) -> None:
+        """
+        Two rings whose addresses alternate, joined by one far link: every
+        near set is consistent, so neighbour lists alone never repair it (the
+        state seed 16 of tests/test_overlay_sim.py settled in); lookups of
+        our own address from a far link merge them.
+        """
+        net = SimNetwork(seed=2, latency=(0.01, 0.05))
+        cryptos = sorted((SimulatedCrypto(net.rng) for _ in range(24)), key=lambda c: c.address)
+        firsts = []
+        for members in (cryptos[0::2], cryptos[1::2]):
+            first = net.add_node([], crypto=members[0])
+            firsts.append(first)
+            for crypto in members[1:]:
+                net.run_until(net.now + 0.2)
+                net.add_node([net.endpoint(first)], crypto=crypto)
+        net.run_until(net.now + 30)
+        self.assertEqual(net.ring_errors(), 24)
+        a, b = firsts[0], net.by_address[cryptos[13].address]
+        a.dial(net.endpoint(b), b.me, owned=True)
+        net.poke(a)
+        net.run_until(net.now + 60)
+        self.assertEqual(net.ring_errors(), 0)

@@ -201,7 +201,7 @@ class HandshakeMixin:
             dials.append(Dialing(addr, punch.nonce, punch.peer, not punch.owned,
                                  punch.owned, 1, 0.0, sent_at))
         if not dials:
-            self._drop("unexpected-reply", addr)
+            self._repeat_confirm(hdr, payload, addr)
             return
         m = W.decode(payload)
         public = W.f_bytes(m, "k", max_size=512)
@@ -242,6 +242,33 @@ class HandshakeMixin:
         # The dialler speaks second: our CONFIRM may still be in flight, so
         # we wait for the peer's neighbour list before sending anything.
         self._link_up(link, now, greet=False)
+
+    def _repeat_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint) -> None:
+        """
+        A REPLY for a link we already hold: the peer never got our CONFIRM
+        (it repeats its REPLY when our traffic reaches it first), so send
+        the CONFIRM again -- else the link stays open at our end only.
+        """
+        link = self.by_endpoint.get(addr)
+        if link is None or link.address != hdr.src or hdr.dst != self.me \
+                or not link.hello_nonce:
+            self._drop("unexpected-reply", addr)
+            return
+        m = W.decode(payload)
+        nb = W.f_bytes(m, "n", 16)
+        seen = W.f_endpoint(m, "o")
+        sig = W.f_bytes(m, "s", max_size=256)
+        if W.f_bytes(m, "k", max_size=512) != link.public or not self.crypto.verify(
+                link.public, sig, reply_transcript(link.hello_nonce, nb, self.me, link.address,
+                                                   seen)):
+            self._drop("unexpected-reply", addr)
+            return
+        self.counters.inc("overlay_confirm_repeated")
+        confirm = W.encode({"n": nb, "o": W.endpoint_value(addr),
+                            "s": self.crypto.sign(confirm_transcript(
+                                link.hello_nonce, nb, self.me, link.address, addr))})
+        self._raw(W.pack(W.LOCAL, W.CONFIRM, 1, 0, self.me, link.address, confirm), addr,
+                  link.sock)
 
     def _on_confirm(self, hdr: W.Header, payload: bytes, addr: Endpoint, now: float) -> None:
         m = W.decode(payload)

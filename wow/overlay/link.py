@@ -100,3 +100,5 @@ class Answering:
     sent_at: float = 0.0
     #: The local socket the HELLO arrived on (we answer from it).
     sock: int = 0
+    #: When we last repeated the REPLY (the peer's CONFIRM seemed lost).
+    repeated_at: float = 0.0

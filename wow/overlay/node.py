@@ -182,6 +182,8 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         self._near_snapshot: frozenset[int] = frozenset()
         self.near_changed_at = 0.0
         self.near_lost_at = 0.0
+        #: When we last looked our address up from a far link (ring merge).
+        self._far_join_at = -1e9
         self._finger_count = 0
         self.started_at = 0.0
         self.running = False
@@ -316,12 +318,29 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             self._drop("internal-error", addr)
 
     def _tell_unlinked(self, hdr: W.Header, addr: Endpoint, now: float) -> None:
-        """A peer thinks it has a link we do not: tell it (it will re-handshake)."""
+        """
+        A peer thinks it has a link we do not: tell it (it will re-handshake).
+
+        The datagram may be one the peer forwards for someone else, so
+        C{hdr.src} need not be the peer: we look the handshake up by
+        endpoint, and the CLOSE goes to "whoever is at C{addr}" (dst 0).
+        """
         ans = self.answering.get(hdr.src)
-        if ans is not None and ans.endpoint == addr:
-            return  # overtook its CONFIRM; the peer will repeat what matters
+        if ans is None or ans.endpoint != addr:
+            ans = next((a for a in self.answering.values() if a.endpoint == addr), None)
+        if ans is not None:
+            # The peer finished its side: its traffic overtook its CONFIRM,
+            # or the CONFIRM was lost -- then nothing would repeat it, and the
+            # link stays open at the peer's end only (it routes into a hole)
+            # until our answer expires.  Repeat our REPLY: the peer answers a
+            # REPLY for its live link with its CONFIRM again.
+            if now - max(ans.sent_at, ans.repeated_at) >= self.params.hello_retry:
+                ans.repeated_at = now
+                self.counters.inc("overlay_reply_repeated")
+                self._raw(ans.reply, addr, ans.sock)
+            return
         if hdr.kind != W.CLOSE:
-            self._raw(W.pack(W.LOCAL, W.CLOSE, 1, 0, self.me, hdr.src,
+            self._raw(W.pack(W.LOCAL, W.CLOSE, 1, 0, self.me, 0,
                              W.encode({"r": "no-link"})), addr)
 
     def _on_link_message(self, hdr: W.Header, payload: bytes, addr: Endpoint,
@@ -335,7 +354,7 @@ class OverlayNode(HandshakeMixin, PunchMixin):
             self._on_confirm(hdr, payload, addr, now)
         elif kind == W.REFUSE:
             self._on_refuse(hdr, payload, addr, now)
-        elif link is None or hdr.src != link.address or hdr.dst != self.me:
+        elif link is None or hdr.src != link.address or hdr.dst not in (self.me, 0):
             self._drop("not-linked", addr)
             self._tell_unlinked(hdr, addr, now)
         else:
@@ -594,10 +613,38 @@ class OverlayNode(HandshakeMixin, PunchMixin):
         age = now - self.started_at
         if not self.table.links:
             self._join(now)
-        elif len(self.table.links) < 2 * self.table.near or age < 60:
-            self._send_join(now)
+        else:
+            young = len(self.table.links) < 2 * self.table.near or age < 60
+            if young:
+                self._send_join(now)
+            if young or now - self._far_join_at >= 3 * self.params.join_retry:
+                self._join_from_afar(now)
         delay = self.params.join_retry if age >= 30 else 3.0 + age / 2
         self.call_later(delay * self.rng.uniform(0.8, 1.2), self._join_check)
+
+    def _join_from_afar(self, now: float) -> None:
+        """
+        Look our own address up starting at a random far link.
+
+        Neighbour lists only repair a ring locally: nodes can settle in two
+        interleaved rings (each node's near set consistent, every true
+        neighbour in the other ring) that no neighbour list ever mentions,
+        and a lookup that starts here ends at once in our own ring.  Started
+        far away, greedy routing reaches the node closest to us in whichever
+        ring the path enters; that node links to us (or sends its list), and
+        the rings merge from there (tests/test_overlay_sim.py, seed 16).
+        """
+        near = self.table.near_set()
+        far = [a for a in self.table.links if a not in near]
+        eps = self._endpoints()
+        if not far or not eps:
+            return
+        self._far_join_at = now
+        link = self.table.links[self.rng.choice(far)]
+        payload = W.encode({"op": "ctm", "e": eps, "j": True})
+        link.last_sent = now
+        self._raw(W.pack(W.CLOSEST_OTHER, W.CTRL, self.params.ttl - 1, 1, self.me, self.me,
+                         payload), link.endpoint, link.sock)
 
     def _stabilize(self, now: float) -> None:
         for a in self.table.near_set():

@@ -41,14 +41,14 @@ class DemoTests(SynchronousTestCase):
         return prefix
 
     def test_duration(self) -> None:
-        result = subprocess.run([*WOW, "demo", "--single", "--duration", "0.5"], capture_output=True,
-                                text=True, timeout=120, cwd=HERE)
+        result = subprocess.run([*WOW, "demo", "--single", "--duration", "0.5"],
+                                capture_output=True, text=True, timeout=120, cwd=HERE)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.check_output(result.stdout)
 
     def test_ctrl_c_tears_down(self) -> None:
-        proc = subprocess.Popen([*WOW, "demo", "--single"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=HERE)
+        proc = subprocess.Popen([*WOW, "demo", "--single"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=HERE)
         assert proc.stdout is not None
         lines = []
         deadline = time.monotonic() + 60

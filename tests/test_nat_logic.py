@@ -92,7 +92,8 @@ class PuncherTests(SynchronousTestCase):
         self.assertEqual([round(t - 100, 3) for t, _ in sent], list(punch.ROUNDS_S))
         self.assertTrue(all(len(probes) == 2 for _, probes in sent))
         self.assertEqual(p.state, State.RELAYED)
-        self.assertEqual(p.next_wakeup(), 100.0 + punch.DIRECT_PHASE_S + punch.BACKGROUND_INTERVAL_S)
+        self.assertEqual(p.next_wakeup(),
+                         100.0 + punch.DIRECT_PHASE_S + punch.BACKGROUND_INTERVAL_S)
 
     def test_background_retry_while_relayed(self) -> None:
         p = Puncher(self.CANDIDATES, now=0.0)

@@ -26,7 +26,6 @@ from wow.net.ethernet import ETH_P_IP, EthernetFrame, build_ethernet
 from wow.nic.arp import ArpResponder
 from wow.nic.dispatch import DropLog, FrameDispatcher, IPacketSink, UnroutedSink
 from wow.nic.offload import OffloadSyscalls, for_router, plain_frame
-from wow.router.messages import from_tap
 from wow.nic.tap import (
     ITapDevice,
     ITapSyscalls,
@@ -37,6 +36,7 @@ from wow.nic.tap import (
     router_mac_for,
 )
 from wow.node.config import NodeConfig
+from wow.router.messages import from_tap
 from wow.util.fatal import fatal
 
 PROGRAM = "wow-node"

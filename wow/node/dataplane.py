@@ -47,10 +47,10 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from wow.metrics import Counters
-from wow.nic.offload import for_router
 from wow.datapath.udpgso import RECV_BUF, SOL_UDP, UDP_GRO
 from wow.datapath.vnet import PLAIN_BYTES as PLAIN_VNET
+from wow.metrics import Counters
+from wow.nic.offload import for_router
 from wow.nic.tap import READ_SIZE
 from wow.overlay import address as A
 from wow.overlay import datapath as D

@@ -27,8 +27,8 @@ from wow import __version__
 from wow.datapath import pieces as P
 from wow.datapath import udpgso, vnet
 from wow.metrics import Counters
-from wow.overlay import datapath as D
 from wow.overlay import address as A
+from wow.overlay import datapath as D
 from wow.overlay import wire as W
 from wow.overlay.dht import Dht, DhtError
 from wow.overlay.identity import IdentityError, NodeIdentity

@@ -1,4 +1,5 @@
-"""C{wow status}, C{wow peers} and C{wow dht ...}: the overlay seen from the CLI."""
+"""C{wow peers}, C{wow dht ...} and friends: the overlay seen from the CLI (C{wow status}
+is L{wow.cli.node}'s and shows the overlay too)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,6 @@ from wow.cli.node import query
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    status = query(args, "status")
-    if args.json:
-        print_json(status)
-        return EXIT_OK
-    for section, body in sorted(status.items()):
-        print(f"[{section}]")
-        if isinstance(body, dict):
-            for key, value in body.items():
-                if isinstance(value, dict):
-                    value = ", ".join(f"{k} {v:g}" for k, v in value.items()) or "none"
-                print(f"  {key:<20} {_fmt(value)}")
-        else:
-            print(f"  {body}")
-    return EXIT_OK
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -132,12 +116,6 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    if "status" not in subparsers.choices:  # wow.cli.node's status shows the overlay too
-        p = subparsers.add_parser("status", help="this node's overlay address, endpoints, links")
-        add_socket_option(p)
-        add_json_option(p)
-        p.set_defaults(func=cmd_status)
-
     p = subparsers.add_parser(
         "peers",
         help="every overlay link: address, endpoint, kind, RTT, direct or relayed (via whom)")

@@ -152,6 +152,12 @@ _REQ_COLUMNS = (
     "serial, reason"
 )
 
+#: table -> (its columns, the record a row becomes)
+_TABLES: dict[str, tuple[str, Any]] = {
+    "certs": (_CERT_COLUMNS, CertRecord),
+    "requests": (_REQ_COLUMNS, QueuedRequest),
+}
+
 
 class Store:
     """One SQLite database file; all methods are short synchronous transactions."""
@@ -239,12 +245,16 @@ class Store:
             self._insert_cert(db, rec)
             return self._supersede(db, rec) if supersede else []
 
-    def _first_cert(self, where: str, *args: Any) -> CertRecord | None:
-        """The first certificate row matching C{where}, or L{None}."""
+    def _first(self, table: str, where: str, *args: Any) -> Any:
+        """The first row of C{table} (certs or requests) matching C{where}, or L{None}."""
+        columns, record = _TABLES[table]
         row = self.db.execute(
-            f"SELECT {_CERT_COLUMNS} FROM certs WHERE {where} LIMIT 1", args
+            f"SELECT {columns} FROM {table} WHERE {where} LIMIT 1", args
         ).fetchone()
-        return CertRecord(*row) if row else None
+        return record(*row) if row else None
+
+    def _first_cert(self, where: str, *args: Any) -> CertRecord | None:
+        return self._first("certs", where, *args)  # type: ignore[no-any-return]
 
     def cert(self, serial: str) -> CertRecord | None:
         return self._first_cert("serial = ?", serial)
@@ -315,11 +325,7 @@ class Store:
     # -- the approval queue -------------------------------------------------
 
     def _first_request(self, where: str, *args: Any) -> QueuedRequest | None:
-        """The first queued request matching C{where}, or L{None}."""
-        row = self.db.execute(
-            f"SELECT {_REQ_COLUMNS} FROM requests WHERE {where} LIMIT 1", args
-        ).fetchone()
-        return QueuedRequest(*row) if row else None
+        return self._first("requests", where, *args)  # type: ignore[no-any-return]
 
     def request_by_csr(self, digest: str) -> QueuedRequest | None:
         return self._first_request("csr_sha256 = ?", digest)

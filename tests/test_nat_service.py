@@ -8,44 +8,21 @@ relayed peers with their relay.
 from __future__ import annotations
 
 import io
-import os
 from contextlib import redirect_stdout
-from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.test_overlay_service import LoopbackOverlays
 from wow.control.server import CommandError
-from wow.metrics import Counters
 from wow.nat.interfaces import candidate_addresses, interface_addresses
 from wow.nat.punch import Probe, Puncher
-from wow.node.config import load_node_config
 from wow.overlay import wire as W
 from wow.overlay.punching import Punch
-from wow.overlay.service import OverlayService
 
 
-class AuxSocketTests(TestCase):
+class AuxSocketTests(LoopbackOverlays, TestCase):
     timeout = 30
-
-    def make(self) -> OverlayService:
-        state = os.path.abspath(self.mktemp())
-        config = load_node_config(None, {
-            "node": {"state_dir": state},
-            "overlay": {"listen": 0, "interface": "127.0.0.1", "keepalive": 0.5,
-                        "dead_after": 2.0},
-        })
-        svc = OverlayService(config, reactor, Counters())
-        svc.startService()
-        self.addCleanup(svc.stopService)
-        return svc
-
-    async def wait(self, predicate: Any, timeout: float = 10) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if predicate():
-                return
-            await task.deferLater(reactor, 0.05, lambda: None)
-        self.fail("condition not reached")
 
     async def test_link_on_an_extra_socket(self) -> None:
         a, b = self.make(), self.make()

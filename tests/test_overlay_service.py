@@ -30,14 +30,19 @@ class FakeControl:
         self.handlers[name] = handler
 
 
-class OverlayServiceTests(TestCase):
-    timeout = 30
+class LoopbackOverlays:
+    """Test mixin: real overlay services on loopback, and waiting for a condition."""
 
-    def make(self, bootstrap: list[str]) -> OverlayService:
+    mktemp: Any
+    addCleanup: Any
+    fail: Any
+
+    def make(self, bootstrap: list[str] | None = None) -> OverlayService:
+        """A real overlay service on loopback (fast keepalives), stopped after the test."""
         state = os.path.abspath(self.mktemp())
         config = load_node_config(None, {
             "node": {"state_dir": state},
-            "overlay": {"listen": 0, "interface": "127.0.0.1", "bootstrap": bootstrap,
+            "overlay": {"listen": 0, "interface": "127.0.0.1", "bootstrap": bootstrap or [],
                         "keepalive": 0.5, "dead_after": 2.0},
         })
         svc = OverlayService(config, reactor, Counters())
@@ -51,6 +56,11 @@ class OverlayServiceTests(TestCase):
                 return
             await task.deferLater(reactor, 0.05, lambda: None)
         self.fail("condition not reached")
+
+
+class OverlayServiceTests(LoopbackOverlays, TestCase):
+    timeout = 30
+
 
     async def test_link_dht_and_control(self) -> None:
         a = self.make([])
